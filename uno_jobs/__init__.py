@@ -1,0 +1,48 @@
+"""uno_jobs: background jobs for Python.
+
+Applications enqueue jobs onto a broker (RabbitMQ, Redis, SQS, or the embedded default);
+workers take them off, run the task and record the outcome. Messages use Celery's task
+protocol v2, so Celery producers and workers interoperate.
+"""
+
+from uno_jobs.errors import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    DuplicateJobError,
+    JobFailedError,
+    JobNotFoundError,
+    JobTimeoutError,
+    PayloadError,
+    UnoJobsError,
+)
+from uno_jobs.middleware import Middleware
+from uno_jobs.queue import JobHandle, JobSpec, Queue
+from uno_jobs.store import JobRecord, JobStatus
+from uno_jobs.tasks import Task, TaskRegistry, task
+from uno_jobs.worker import AsyncWorker, SyncWorker, ThreadPoolWorker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncWorker",
+    "BrokerUnavailableError",
+    "ConfigurationError",
+    "DuplicateJobError",
+    "JobFailedError",
+    "JobHandle",
+    "JobNotFoundError",
+    "JobRecord",
+    "JobSpec",
+    "JobStatus",
+    "JobTimeoutError",
+    "Middleware",
+    "PayloadError",
+    "Queue",
+    "SyncWorker",
+    "Task",
+    "TaskRegistry",
+    "ThreadPoolWorker",
+    "UnoJobsError",
+    "__version__",
+    "task",
+]

@@ -1,0 +1,104 @@
+"""The broker layer: the only place that uses kombu's messaging classes.
+
+``Broker`` is what the queue and the workers talk to; no kombu type leaves this package.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+
+from uno_jobs.broker._consumer import ConsumerThread, Delivery
+from uno_jobs.broker._publisher import Outgoing, Publisher
+from uno_jobs.broker._spec import BrokerKind, BrokerSpec, parse_broker_url
+from uno_jobs.broker._topology import (
+    dead_queue_name,
+    kombu_queue,
+    level_queue_name,
+    level_queues,
+)
+from uno_jobs.errors import BrokerUnavailableError
+
+__all__ = [
+    "Broker",
+    "BrokerKind",
+    "BrokerSpec",
+    "ConsumerThread",
+    "Delivery",
+    "Outgoing",
+    "dead_queue_name",
+    "level_queue_name",
+    "level_queues",
+    "parse_broker_url",
+]
+
+
+class Broker:
+    """One broker: publishing (pooled, confirmed), consumers, and queue admin."""
+
+    def __init__(self, url: str) -> None:
+        self.spec = parse_broker_url(url)
+        self._publisher: Publisher | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Broker({self.spec.display!r})"
+
+    @property
+    def publisher(self) -> Publisher:
+        with self._lock:
+            if self._publisher is None:
+                self._publisher = Publisher(self.spec)
+            return self._publisher
+
+    def publish(self, items: Sequence[Outgoing]) -> None:
+        """Publish a batch; returns once the broker has it (confirmed on RabbitMQ)."""
+        self.publisher.publish(items)
+
+    def consumer(
+        self,
+        queues: Sequence[tuple[str, str]],
+        prefetch_count: int,
+        on_delivery: Callable[[Delivery], None],
+        name: str,
+    ) -> ConsumerThread:
+        """A consumer thread for ``queues`` (not started)."""
+        return ConsumerThread(self.spec, queues, prefetch_count, on_delivery, name)
+
+    def sizes(self, names: Sequence[str]) -> dict[str, int]:
+        """Ready messages per broker queue (declaring missing queues)."""
+        return self._admin(names, purge=False)
+
+    def purge(self, names: Sequence[str]) -> int:
+        """Delete every ready message of these broker queues; returns how many."""
+        return sum(self._admin(names, purge=True).values())
+
+    def _admin(self, names: Sequence[str], purge: bool) -> dict[str, int]:
+        conn = self.spec.connection()
+        try:
+            conn.ensure_connection(max_retries=1, timeout=self.spec.connect_timeout)
+            channel = conn.channel()
+            out: dict[str, int] = {}
+            for name in names:
+                bound = kombu_queue(name)(channel)
+                bound.declare()
+                if purge:
+                    out[name] = int(bound.purge() or 0)
+                else:
+                    out[name] = int(bound.queue_declare().message_count)
+            return out
+        except BrokerUnavailableError:
+            raise
+        except Exception as exc:
+            errors = tuple(conn.connection_errors) + (OSError,)
+            if isinstance(exc, errors):
+                raise BrokerUnavailableError(self.spec.display, str(exc)) from None
+            raise
+        finally:
+            conn.release()
+
+    def close(self) -> None:
+        with self._lock:
+            publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            publisher.close()

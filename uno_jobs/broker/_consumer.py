@@ -1,0 +1,286 @@
+"""The consumer thread: the one owner of a worker's broker connection.
+
+Executors never touch the broker. They ask this thread to ack, reject or publish through
+a command queue that it drains between ``drain_events`` calls. The in-flight window is the
+channel's prefetch count (``basic_qos``): running jobs stay unacknowledged until their
+outcome is recorded, so the broker never hands this worker more than
+``prefetch_count`` messages at a time, on every transport.
+
+If the connection drops, the thread reconnects with backoff; the messages it held are
+redelivered by the broker (RabbitMQ at once, Redis and the embedded broker after their
+visibility timeout), and acks for them become no-ops here.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kombu import Connection
+from kombu import Consumer as KombuConsumer
+
+from uno_jobs.broker._publisher import Outgoing, PublishSession
+from uno_jobs.broker._spec import BrokerSpec
+from uno_jobs.broker._topology import kombu_queue
+from uno_jobs.errors import BrokerUnavailableError
+
+__all__ = ["ConsumerThread", "Delivery"]
+
+log = logging.getLogger("uno_jobs.broker")
+
+_TICK_SECONDS = 0.05
+_MAX_BACKOFF_SECONDS = 10.0
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A message handed to the worker. Holds no kombu object."""
+
+    tag: int
+    routing_key: str
+    level: str
+    body: Any
+    headers: dict[str, Any]
+    content_type: str | None
+    content_encoding: str | None
+    redelivered: bool
+    received_at: float
+
+
+class ConsumerThread(threading.Thread):
+    """Consumes the level queues of one logical queue and serves ack/reject/publish.
+
+    Args:
+        spec: The broker.
+        queues: ``(broker queue, level)`` pairs in start order.
+        prefetch_count: The in-flight window (running + prefetched messages).
+        on_delivery: Called in this thread for every message received; must not block.
+        name: Thread name (the worker id).
+    """
+
+    def __init__(
+        self,
+        spec: BrokerSpec,
+        queues: Sequence[tuple[str, str]],
+        prefetch_count: int,
+        on_delivery: Callable[[Delivery], None],
+        name: str,
+    ) -> None:
+        super().__init__(name=f"uno-consumer-{name}", daemon=True)
+        self.spec = spec
+        self._queues = list(queues)
+        self._levels = dict(queues)
+        self._prefetch = prefetch_count
+        self._on_delivery = on_delivery
+        self._commands: deque[Callable[[], None]] = deque()
+        self._held: dict[int, Any] = {}
+        self._next_tag = 0
+        self._stopping = threading.Event()
+        self._consuming_wanted = True
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._conn: Connection | None = None
+        self._consumer: KombuConsumer | None = None
+        self._session: PublishSession | None = None
+        self.connected = False
+        self.last_activity = time.monotonic()
+
+    # -- called from other threads -------------------------------------------------------
+
+    def start_and_wait(self) -> None:
+        """Start the thread and return once it is consuming.
+
+        Raises:
+            BrokerUnavailableError: the first connection failed.
+        """
+        self.start()
+        self._ready.wait()
+        if self._start_error is not None:
+            self.join(timeout=5)
+            raise self._start_error
+
+    def ack(self, tag: int) -> None:
+        self._commands.append(lambda: self._settle(tag, ack=True))
+
+    def reject(self, tag: int, requeue: bool) -> None:
+        self._commands.append(lambda: self._settle(tag, ack=False, requeue=requeue))
+
+    def publish_then_ack(self, tag: int, item: Outgoing) -> None:
+        """Publish ``item`` (e.g. to ``q.dead``), then ack ``tag`` once it is confirmed.
+
+        If the publish fails the message is not acked, so the broker delivers it again.
+        """
+        self._commands.append(lambda: self._publish_then_ack(tag, item))
+
+    def set_consuming(self, wanted: bool) -> None:
+        """Stop or restart taking new messages (pause/resume)."""
+        self._commands.append(lambda: self._apply_consuming(wanted))
+
+    def call(self, func: Callable[[], None]) -> None:
+        """Run ``func`` in this thread (used for hand-backs that must follow acks)."""
+        self._commands.append(func)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Hand back every held message, close the connection and end the thread."""
+        self._stopping.set()
+        self.join(timeout)
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    # -- the thread ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._connect()
+        except BaseException as exc:  # noqa: BLE001 - reported to start_and_wait
+            self._start_error = (
+                exc
+                if isinstance(exc, BrokerUnavailableError)
+                else BrokerUnavailableError(self.spec.display, f"{type(exc).__name__}: {exc}")
+            )
+            self._ready.set()
+            return
+        self._ready.set()
+        backoff = 0.5
+        while not self._stopping.is_set():
+            try:
+                self._run_commands()
+                self._drain()
+                backoff = 0.5
+            except Exception as exc:  # noqa: BLE001 - any broker failure: reconnect
+                if self._stopping.is_set():
+                    break
+                log.warning(
+                    "broker connection lost (%s: %s); reconnecting in %.1f s",
+                    type(exc).__name__,
+                    exc,
+                    backoff,
+                    extra={"broker": self.spec.display},
+                )
+                self._drop_connection()
+                if self._stopping.wait(backoff):
+                    break
+                backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+                try:
+                    self._connect()
+                except Exception:  # noqa: BLE001
+                    continue
+        self._shutdown()
+
+    def _drain(self) -> None:
+        assert self._conn is not None
+        try:
+            self._conn.drain_events(timeout=_TICK_SECONDS)
+        except socket.timeout:
+            pass
+
+    def _run_commands(self) -> None:
+        commands = self._commands
+        while commands:
+            commands.popleft()()
+
+    def _connect(self) -> None:
+        conn = self.spec.connection()
+        try:
+            conn.ensure_connection(max_retries=1, timeout=self.spec.connect_timeout)
+        except Exception as exc:
+            conn.release()
+            raise BrokerUnavailableError(self.spec.display, f"{type(exc).__name__}: {exc}") from None
+        self._conn = conn
+        channel = conn.default_channel
+        queues = [kombu_queue(name)(channel) for name, _ in self._queues]
+        for queue in queues:
+            queue.declare()
+        self._consumer = KombuConsumer(
+            channel, queues=queues, callbacks=[self._receive], accept=None, no_ack=False
+        )
+        self._consumer.qos(prefetch_count=self._prefetch)
+        self._session = PublishSession(self.spec, connection=conn)
+        if self._consuming_wanted:
+            self._consumer.consume()
+        self.connected = True
+
+    def _drop_connection(self) -> None:
+        self.connected = False
+        self._held.clear()  # the broker redelivers them; late acks become no-ops
+        self._consumer = None
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        if self._conn is not None:
+            try:
+                self._conn.release()
+            except Exception:  # noqa: BLE001
+                log.debug("releasing a broken connection failed", exc_info=True)
+            self._conn = None
+
+    def _receive(self, body: Any, message: Any) -> None:
+        self._next_tag += 1
+        tag = self._next_tag
+        self._held[tag] = message
+        info = message.delivery_info or {}
+        routing_key = info.get("routing_key") or self._queues[0][0]
+        self.last_activity = time.monotonic()
+        self._on_delivery(
+            Delivery(
+                tag=tag,
+                routing_key=routing_key,
+                level=self._levels.get(routing_key, "normal"),
+                body=message.body,
+                headers=dict(message.headers or {}),
+                content_type=message.content_type,
+                content_encoding=message.content_encoding,
+                redelivered=bool(info.get("redelivered")),
+                received_at=time.time(),
+            )
+        )
+
+    def _settle(self, tag: int, ack: bool, requeue: bool = False) -> None:
+        message = self._held.pop(tag, None)
+        if message is None:
+            return  # held before a reconnect: the broker has it again
+        self.last_activity = time.monotonic()
+        if ack:
+            message.ack()
+        else:
+            message.reject(requeue=requeue)
+
+    def _publish_then_ack(self, tag: int, item: Outgoing) -> None:
+        if tag not in self._held:
+            return
+        assert self._session is not None
+        try:
+            self._session.publish([item])
+        except BrokerUnavailableError:
+            log.warning("publish to %s failed; the message will be redelivered", item.routing_key)
+            raise
+        self._settle(tag, ack=True)
+
+    def _apply_consuming(self, wanted: bool) -> None:
+        self._consuming_wanted = wanted
+        consumer = self._consumer
+        if consumer is None:
+            return
+        if wanted:
+            consumer.consume()
+        else:
+            consumer.cancel()
+
+    def _shutdown(self) -> None:
+        try:
+            self._run_commands()
+            if self._consumer is not None:
+                self._consumer.cancel()
+            for tag in list(self._held):
+                self._settle(tag, ack=False, requeue=True)
+        except Exception:  # noqa: BLE001 - the broker gets them back on disconnect anyway
+            log.debug("handing back messages at shutdown failed", exc_info=True)
+        self._drop_connection()

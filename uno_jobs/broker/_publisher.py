@@ -1,0 +1,213 @@
+"""Publishing: pooled sessions, topology declared once, publisher confirms on AMQP.
+
+On RabbitMQ a publish returns only after the broker confirmed it. kombu's
+``confirm_publish`` waits for each message in turn; a batch here is published first and
+its confirms are then awaited together (the channel's own ``confirm_select`` and
+``basic_ack`` events, ``multiple`` acks included), under one deadline. On Redis the
+LPUSH reply is the confirmation, on the embedded broker the SQLite commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kombu import Connection, Producer
+
+from uno_jobs.broker._spec import BrokerSpec
+from uno_jobs.broker._topology import kombu_queue
+from uno_jobs.errors import BrokerUnavailableError
+from uno_jobs.message import Encoded
+
+__all__ = ["Outgoing", "Publisher", "PublishSession"]
+
+log = logging.getLogger("uno_jobs.broker")
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message to publish to the broker queue ``routing_key``."""
+
+    routing_key: str
+    encoded: Encoded
+
+
+class _Confirms:
+    """Tracks publisher-confirm sequence numbers of one AMQP channel."""
+
+    def __init__(self, channel: Any) -> None:
+        self.sent = 0
+        self.pending: set[int] = set()
+        self.nacked: set[int] = set()
+        channel.confirm_select()
+        channel.events["basic_ack"].add(self._on_ack)
+        channel.events["basic_nack"].add(self._on_nack)
+
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        if multiple:
+            self.pending = {t for t in self.pending if t > tag}
+        else:
+            self.pending.discard(tag)
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        done = {t for t in self.pending if t <= tag} if multiple else {tag}
+        self.nacked |= done & self.pending
+        self.pending -= done
+
+    def next_tag(self) -> int:
+        self.sent += 1
+        self.pending.add(self.sent)
+        return self.sent
+
+
+class PublishSession:
+    """A connection and channel used by one thread at a time to publish."""
+
+    def __init__(self, spec: BrokerSpec, connection: Connection | None = None) -> None:
+        self.spec = spec
+        self._conn = connection or spec.connection()
+        self._own_conn = connection is None
+        self._declared: set[str] = set()
+        self._channel: Any = None
+        self._producer: Producer | None = None
+        self._confirms: _Confirms | None = None
+
+    def _ensure(self) -> Producer:
+        if self._producer is None:
+            self._conn.ensure_connection(max_retries=1, timeout=self.spec.connect_timeout)
+            self._channel = self._conn.channel()
+            if self.spec.kind == "amqp":
+                self._confirms = _Confirms(self._channel)
+            self._producer = Producer(self._channel)
+        return self._producer
+
+    def declare(self, name: str) -> None:
+        if name in self._declared:
+            return
+        self._ensure()
+        kombu_queue(name)(self._channel).declare()
+        self._declared.add(name)
+
+    def publish(self, items: Sequence[Outgoing]) -> None:
+        """Publish ``items``; on AMQP return once all are confirmed.
+
+        Raises:
+            BrokerUnavailableError: the broker is unreachable, refused a message, or did
+                not confirm within ``confirm_timeout``.
+        """
+        try:
+            producer = self._ensure()
+            for item in items:
+                self.declare(item.routing_key)
+            for item in items:
+                enc = item.encoded
+                producer.publish(
+                    enc.body,
+                    exchange=item.routing_key,
+                    routing_key=item.routing_key,
+                    headers=enc.headers,
+                    content_type=enc.content_type,
+                    content_encoding=enc.content_encoding,
+                    delivery_mode=2,
+                    **enc.properties,
+                )
+                if self._confirms is not None:
+                    self._confirms.next_tag()
+            self._wait_for_confirms()
+        except BrokerUnavailableError:
+            self.close()
+            raise
+        except Exception as exc:
+            self.close()
+            if _is_connection_problem(self._conn, exc):
+                raise BrokerUnavailableError(self.spec.display, _describe(exc)) from None
+            raise
+
+    def _wait_for_confirms(self) -> None:
+        confirms = self._confirms
+        if confirms is None:
+            return
+        deadline = time.monotonic() + self.spec.confirm_timeout
+        while confirms.pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BrokerUnavailableError(
+                    self.spec.display,
+                    f"{len(confirms.pending)} publish(es) not confirmed within "
+                    f"{self.spec.confirm_timeout:g} s (broker down or blocking publishers?)",
+                )
+            try:
+                self._conn.drain_events(timeout=min(remaining, 1.0))
+            except socket.timeout:
+                continue
+        if confirms.nacked:
+            count = len(confirms.nacked)
+            confirms.nacked.clear()
+            raise BrokerUnavailableError(self.spec.display, f"broker refused {count} message(s)")
+
+    def close(self) -> None:
+        self._producer = None
+        self._confirms = None
+        self._declared.clear()
+        channel, self._channel = self._channel, None
+        try:
+            if channel is not None:
+                channel.close()
+        except Exception:  # noqa: BLE001 - closing a broken channel may fail; nothing to do
+            log.debug("closing a publish channel failed", exc_info=True)
+        if self._own_conn:
+            try:
+                self._conn.release()
+            except Exception:  # noqa: BLE001
+                log.debug("closing a publish connection failed", exc_info=True)
+            self._conn = self.spec.connection()
+
+
+class Publisher:
+    """A thread-safe pool of ``PublishSession``s for one broker."""
+
+    def __init__(self, spec: BrokerSpec, max_sessions: int = 8) -> None:
+        self.spec = spec
+        self._free: list[PublishSession] = []
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_sessions)
+
+    def publish(self, items: Sequence[Outgoing]) -> None:
+        """Publish ``items`` in one batch (confirmed together on AMQP)."""
+        if not items:
+            return
+        if not self._slots.acquire(timeout=self.spec.confirm_timeout):
+            raise BrokerUnavailableError(self.spec.display, "no free publish session")
+        try:
+            with self._lock:
+                session = self._free.pop() if self._free else None
+            if session is None:
+                session = PublishSession(self.spec)
+            try:
+                session.publish(items)
+            finally:
+                with self._lock:
+                    self._free.append(session)
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        with self._lock:
+            sessions, self._free = self._free, []
+        for session in sessions:
+            session.close()
+
+
+def _is_connection_problem(conn: Connection, exc: BaseException) -> bool:
+    errors = tuple(conn.connection_errors) + tuple(conn.channel_errors)
+    return isinstance(exc, errors + (OSError, socket.timeout, TimeoutError))
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text

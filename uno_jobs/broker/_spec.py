@@ -1,0 +1,181 @@
+"""Broker URLs: which transport, which options, and the kombu connection they make."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from kombu import Connection
+
+from uno_jobs.config import EMBEDDED_SCHEME, embedded_broker_path, redact_url
+from uno_jobs.errors import ConfigurationError
+
+__all__ = ["BrokerKind", "BrokerSpec", "parse_broker_url"]
+
+BrokerKind = Literal["amqp", "redis", "sqs", "embedded"]
+
+_SCHEMES: dict[str, BrokerKind] = {
+    "amqp": "amqp",
+    "amqps": "amqp",
+    "pyamqp": "amqp",
+    "redis": "redis",
+    "rediss": "redis",
+    "sqs": "sqs",
+    EMBEDDED_SCHEME: "embedded",
+}
+
+# Options a broker URL may carry in its query string, with the kinds they apply to.
+_QUERY_OPTIONS: dict[str, tuple[BrokerKind, ...]] = {
+    "visibility_timeout": ("redis", "sqs", "embedded"),
+    "key_prefix": ("redis",),
+    "polling_interval": ("redis", "sqs", "embedded"),
+    "connect_timeout": ("amqp", "redis", "sqs", "embedded"),
+    "confirm_timeout": ("amqp", "redis", "sqs", "embedded"),
+    "restore_interval": ("redis",),
+    "region": ("sqs",),
+}
+
+DEFAULT_VISIBILITY_TIMEOUT = 60.0
+DEFAULT_CONNECT_TIMEOUT = 4.0
+DEFAULT_CONFIRM_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class BrokerSpec:
+    """A parsed broker URL.
+
+    Attributes:
+        url: The URL as given (may hold a password: never log it; use ``display``).
+        kind: ``amqp``, ``redis``, ``sqs`` or ``embedded``.
+        display: The URL with its password replaced by ``***``.
+        visibility_timeout: Seconds before an unacknowledged message of a dead consumer
+            is delivered again (Redis, SQS, embedded; RabbitMQ redelivers on disconnect).
+        connect_timeout: Seconds to wait for a connection before giving up.
+        confirm_timeout: Seconds to wait for a publish to be confirmed.
+    """
+
+    url: str
+    kind: BrokerKind
+    display: str
+    visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT
+    options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def messaging_system(self) -> str:
+        """The OpenTelemetry ``messaging.system`` value of this broker."""
+        return {"amqp": "rabbitmq", "redis": "redis", "sqs": "aws_sqs"}.get(
+            self.kind, "uno_jobs_embedded"
+        )
+
+    def connection(self) -> Connection:
+        """A new, not yet connected kombu connection for this broker."""
+        if self.kind == "embedded":
+            from uno_jobs.broker._embedded import Transport
+
+            return Connection(
+                transport=Transport,
+                connect_timeout=self.connect_timeout,
+                transport_options={
+                    "path": str(embedded_broker_path(self.url)),
+                    "visibility_timeout": self.visibility_timeout,
+                    **_float_options(self.options, "polling_interval"),
+                },
+            )
+        base = _without_query(self.url)
+        transport_options: dict[str, Any] = {}
+        if self.kind == "redis":
+            transport_options = {
+                "visibility_timeout": self.visibility_timeout,
+                "socket_connect_timeout": self.connect_timeout,
+                "socket_timeout": max(self.confirm_timeout, 5.0),
+                # BRPOP over the level queues in the order given: critical first.
+                "queue_order_strategy": "priority",
+                "unacked_restore_throttle": 1,
+                "unacked_restore_interval": float(self.options.get("restore_interval", 1.0)),
+                **_float_options(self.options, "polling_interval"),
+            }
+            if "key_prefix" in self.options:
+                transport_options["global_keyprefix"] = self.options["key_prefix"]
+        elif self.kind == "sqs":
+            transport_options = {
+                "visibility_timeout": self.visibility_timeout,
+                "is_secure": False,
+                **_float_options(self.options, "polling_interval"),
+            }
+            if "region" in self.options:
+                transport_options["region"] = self.options["region"]
+        return Connection(
+            base,
+            connect_timeout=self.connect_timeout,
+            transport_options=transport_options,
+            heartbeat=0,
+        )
+
+
+def parse_broker_url(url: str) -> BrokerSpec:
+    """Parse and validate a broker URL.
+
+    Raises:
+        ConfigurationError: unknown scheme or query option, or a bad option value. The
+            message names the URL (password redacted) and the option.
+    """
+    display = redact_url(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigurationError(f"broker_url {display!r} is not a URL: {exc}") from None
+    kind = _SCHEMES.get(parts.scheme)
+    if kind is None:
+        known = ", ".join(sorted(_SCHEMES))
+        raise ConfigurationError(
+            f"broker_url {display!r}: unknown scheme {parts.scheme!r} (known: {known})"
+        )
+    options: dict[str, str] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        kinds = _QUERY_OPTIONS.get(key)
+        if kinds is None or kind not in kinds:
+            allowed = sorted(k for k, v in _QUERY_OPTIONS.items() if kind in v)
+            raise ConfigurationError(
+                f"broker_url {display!r}: unknown option {key!r} for {kind} "
+                f"(allowed: {', '.join(allowed)})"
+            )
+        options[key] = value
+    numbers = _float_options(options, "visibility_timeout", "connect_timeout", "confirm_timeout")
+    for key in ("polling_interval", "restore_interval"):
+        _float_options(options, key)  # validates
+    if kind == "redis" and "key_prefix" in options and not options["key_prefix"]:
+        raise ConfigurationError(f"broker_url {display!r}: option 'key_prefix' is empty")
+    return BrokerSpec(
+        url=url,
+        kind=kind,
+        display=display,
+        visibility_timeout=numbers.get("visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT),
+        connect_timeout=numbers.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+        confirm_timeout=numbers.get("confirm_timeout", DEFAULT_CONFIRM_TIMEOUT),
+        options=options,
+    )
+
+
+def _float_options(options: dict[str, str], *names: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name in names:
+        if name not in options:
+            continue
+        try:
+            value = float(options[name])
+        except ValueError:
+            raise ConfigurationError(
+                f"broker option {name!r} must be a number of seconds, got {options[name]!r}"
+            ) from None
+        if value <= 0:
+            raise ConfigurationError(f"broker option {name!r} must be > 0, got {value:g}")
+        out[name] = value
+    return out
+
+
+def _without_query(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))

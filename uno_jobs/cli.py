@@ -1,0 +1,205 @@
+"""The ``uno-jobs`` command line.
+
+Exit codes: 0 success; 1 a job failed, or a worker stop forced by its timeout or a second
+signal; 2 a configuration or usage error; 3 a worker stopped by ``max_failures``; 4 the
+broker or store is unavailable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from uno_jobs.errors import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    JobFailedError,
+    JobNotFoundError,
+    JobTimeoutError,
+    UnoJobsError,
+)
+
+__all__ = ["main"]
+
+log = logging.getLogger("uno_jobs.cli")
+
+
+def _json_arg(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+        if not isinstance(value, kind):
+            raise argparse.ArgumentTypeError(f"must be a JSON {kind.__name__}")
+        return value
+
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="uno-jobs", description="uno_jobs background jobs")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    w = sub.add_parser("worker", help="run a worker until SIGINT/SIGTERM")
+    w.add_argument("--app", "-A", action="append", default=[], metavar="MODULE",
+                   help="module(s) to import so their @task functions register (repeatable)")
+    w.add_argument("--queue", "-Q", default="default")
+    w.add_argument("--type", "-t", default="async", dest="worker_type",
+                   help="worker type: sync, thread, async (and plugin types)")
+    w.add_argument("--concurrency", "-c", type=int, default=None,
+                   help="max_concurrent / max_threads of the worker type")
+    w.add_argument("--broker", default=None, help="broker URL (default: $UNO_JOBS_BROKER_URL "
+                   "or the embedded broker)")
+    w.add_argument("--store", default=None, help="job store URL")
+    w.add_argument("--worker-id", default=None)
+    w.add_argument("--allow", action="append", default=None, metavar="PREFIX",
+                   help="module prefix tasks may be imported from by dotted path "
+                        "(repeatable; default: the --app modules)")
+    w.add_argument("--priority-levels", default=None,
+                   help="comma-separated levels to serve (default: all)")
+    w.add_argument("--shutdown-timeout", type=float, default=None)
+    w.add_argument("--max-failures", type=int, default=None)
+
+    e = sub.add_parser("enqueue", help="enqueue one job")
+    e.add_argument("task")
+    e.add_argument("--args", type=_json_arg(list), default=[], help="JSON list")
+    e.add_argument("--kwargs", type=_json_arg(dict), default={}, help="JSON object")
+    e.add_argument("--queue", "-Q", default="default")
+    e.add_argument("--priority", default=None)
+    e.add_argument("--delay", type=float, default=None)
+    e.add_argument("--job-id", default=None)
+    e.add_argument("--broker", default=None)
+    e.add_argument("--store", default=None)
+    e.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                   help="wait for the result and print it")
+
+    j = sub.add_parser("job", help="show a job's record as JSON")
+    j.add_argument("job_id")
+    j.add_argument("--queue", "-Q", default="default")
+    j.add_argument("--broker", default=None)
+    j.add_argument("--store", default=None)
+
+    d = sub.add_parser("demo", help="run example jobs on the embedded broker (no server)")
+    d.add_argument("--jobs", type=int, default=300)
+    d.add_argument("--concurrency", type=int, default=50)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "worker":
+            return _worker(args)
+        if args.command == "enqueue":
+            return _enqueue(args)
+        if args.command == "job":
+            return _job(args)
+        if args.command == "demo":
+            from uno_jobs.demo import run_demo
+
+            return asyncio.run(run_demo(args.jobs, args.concurrency))
+    except ConfigurationError as exc:
+        print(f"uno-jobs: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except BrokerUnavailableError as exc:
+        print(f"uno-jobs: {exc}", file=sys.stderr)
+        return 4
+    except JobNotFoundError as exc:
+        print(f"uno-jobs: {exc}", file=sys.stderr)
+        return 1
+    except UnoJobsError as exc:
+        print(f"uno-jobs: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+def _import_apps(modules: list[str]) -> None:
+    sys.path.insert(0, "")
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigurationError(f"--app {module!r} cannot be imported: {exc}") from None
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from uno_jobs.worker._registry import get_worker_type
+
+    _import_apps(args.app)
+    cls = get_worker_type(args.worker_type)
+    options: dict[str, Any] = {
+        "queue_name": args.queue,
+        "broker_url": args.broker,
+        "store_url": args.store,
+        "worker_id": args.worker_id,
+        "allowed_modules": args.allow if args.allow is not None else list(args.app),
+    }
+    if args.concurrency is not None:
+        name = cls.options_model.concurrency_option
+        if name is None:
+            if args.concurrency != 1:
+                raise ConfigurationError(
+                    f"--concurrency: worker type {args.worker_type!r} runs one job at a time"
+                )
+        else:
+            options[name] = args.concurrency
+    if args.priority_levels:
+        options["priority_levels"] = [p.strip() for p in args.priority_levels.split(",")]
+    if args.shutdown_timeout is not None:
+        options["shutdown_timeout"] = args.shutdown_timeout
+    if args.max_failures is not None:
+        options["max_failures"] = args.max_failures
+    worker = cls(**{k: v for k, v in options.items() if v is not None})
+    return asyncio.run(worker.run())
+
+
+def _queue(args: argparse.Namespace) -> Any:
+    from uno_jobs.queue import Queue
+
+    return Queue(args.queue, broker_url=args.broker, store_url=args.store)
+
+
+def _enqueue(args: argparse.Namespace) -> int:
+    queue = _queue(args)
+    try:
+        handle = queue.enqueue_sync(
+            args.task, args.args, args.kwargs, priority=args.priority, delay=args.delay,
+            job_id=args.job_id,
+        )
+        print(handle.id)
+        if args.wait is not None:
+            try:
+                result = handle.wait_sync(timeout=args.wait)
+            except (JobFailedError, JobTimeoutError) as exc:
+                print(f"uno-jobs: {exc}", file=sys.stderr)
+                return 1
+            print(json.dumps(result))
+    finally:
+        queue.close()
+    return 0
+
+
+def _job(args: argparse.Namespace) -> int:
+    queue = _queue(args)
+    try:
+        record = queue.get_job_sync(args.job_id)
+    finally:
+        queue.close()
+    print(json.dumps(record.to_dict(), indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Where settings come from: options first, then the environment, then defaults.
+
+This is the only module that reads environment variables (STYLE.md §4). A producer and a
+worker find the broker and the job store the same way (DESIGN.md §1):
+
+- broker: the ``broker_url`` option, else ``UNO_JOBS_BROKER_URL``, else the embedded
+  broker under ``UNO_JOBS_HOME``;
+- store: the ``store_url`` option, else ``UNO_JOBS_STORE_URL``, else the same Redis when
+  the broker is Redis, else the embedded SQLite store under ``UNO_JOBS_HOME``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = [
+    "ENV_BROKER_URL",
+    "ENV_HOME",
+    "ENV_STORE_URL",
+    "embedded_broker_path",
+    "redact_url",
+    "resolve_broker_url",
+    "resolve_store_url",
+    "uno_jobs_home",
+]
+
+ENV_HOME = "UNO_JOBS_HOME"
+ENV_BROKER_URL = "UNO_JOBS_BROKER_URL"
+ENV_STORE_URL = "UNO_JOBS_STORE_URL"
+ENV_ALLOWED_MODULES = "UNO_JOBS_ALLOWED_MODULES"
+
+EMBEDDED_SCHEME = "embedded"
+
+
+def uno_jobs_home() -> Path:
+    """The folder of the embedded broker and store.
+
+    ``UNO_JOBS_HOME`` if set, else ``$XDG_DATA_HOME/uno_jobs`` (``~/.local/share/uno_jobs``),
+    so a producer and a worker started from different folders share it.
+    """
+    explicit = os.environ.get(ENV_HOME)
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home).expanduser().resolve() / "uno_jobs"
+
+
+def resolve_broker_url(option: str | None = None) -> str:
+    """The broker URL to use: the option, the environment, or the embedded broker."""
+    if option:
+        return option
+    return os.environ.get(ENV_BROKER_URL) or f"{EMBEDDED_SCHEME}://"
+
+
+def resolve_store_url(option: str | None, broker_url: str) -> str:
+    """The job store URL to use (see the module docstring for the order)."""
+    if option:
+        return option
+    from_env = os.environ.get(ENV_STORE_URL)
+    if from_env:
+        return from_env
+    if urlsplit(broker_url).scheme in ("redis", "rediss"):
+        return _strip_query(broker_url)
+    return f"sqlite://{uno_jobs_home() / 'jobs.sqlite3'}"
+
+
+def resolve_allowed_modules(option: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """Module prefixes a worker may import tasks from: the option, else the environment.
+
+    ``UNO_JOBS_ALLOWED_MODULES`` is a comma-separated list.
+    """
+    if option is not None:
+        return tuple(option)
+    raw = os.environ.get(ENV_ALLOWED_MODULES, "")
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def embedded_broker_path(url: str) -> Path:
+    """The SQLite file of an ``embedded://`` URL (``embedded:///abs/path`` names one)."""
+    path = urlsplit(url).path
+    if path and path != "/":
+        return Path(path)
+    return uno_jobs_home() / "broker.sqlite3"
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***``: safe for logs, errors and reprs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, ""))
+
+
+def _strip_query(url: str) -> str:
+    """Keep the broker's ``key_prefix`` (the store shares it); drop broker-only options."""
+    parts = urlsplit(url)
+    kept = "&".join(
+        item for item in parts.query.split("&") if item.split("=", 1)[0] == "key_prefix"
+    )
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, kept, ""))

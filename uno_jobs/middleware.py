@@ -1,0 +1,124 @@
+"""Middleware: hooks around enqueueing and executing jobs (DESIGN.md §1).
+
+Middleware form an onion: before-hooks run in the order given, after-hooks and
+``on_error`` in reverse. Hooks receive the job as a read-only mapping with the keys
+``id, task, args, kwargs, queue, priority, attempt, enqueued_at, headers, worker_id``.
+The base class's hooks are ``async def``; an override may be sync or async.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ["JobView", "Middleware", "MiddlewareChain", "MiddlewareError", "job_view"]
+
+log = logging.getLogger("uno_jobs.middleware")
+
+JobView = Mapping[str, Any]
+
+
+class Middleware:
+    """Base class for middleware; override the hooks you need.
+
+    ``after_execution`` returns the result to record (the base returns ``result``
+    unchanged). ``on_error``'s return value is ignored. An exception raised by
+    ``before_execution`` fails the job like a task error; one raised by
+    ``after_execution`` or ``on_error`` is logged and does not change the outcome.
+    """
+
+    async def before_enqueue(self, job: JobView) -> None:
+        """Called in the producer before the job is published."""
+
+    async def after_enqueue(self, job: JobView) -> None:
+        """Called in the producer after the broker accepted the job."""
+
+    async def before_execution(self, job: JobView, task_func: Callable[..., Any]) -> None:
+        """Called in the worker before the task runs."""
+
+    async def after_execution(
+        self, job: JobView, task_func: Callable[..., Any], result: Any
+    ) -> Any:
+        """Called after the task returned; returns the result to record."""
+        return result
+
+    async def on_error(
+        self, job: JobView, task_func: Callable[..., Any], exception: BaseException
+    ) -> None:
+        """Called after the task raised."""
+
+
+class MiddlewareError(Exception):
+    """A ``before_execution`` hook raised; the job fails with this error."""
+
+    def __init__(self, middleware: object, cause: BaseException) -> None:
+        name = type(middleware).__name__
+        super().__init__(f"middleware {name}.before_execution raised {type(cause).__name__}: {cause}")
+        self.middleware = name
+
+
+def job_view(fields: dict[str, Any]) -> JobView:
+    return MappingProxyType(fields)
+
+
+async def _call(hook: Callable[..., Any], *args: Any) -> Any:
+    value = hook(*args)
+    if inspect.isawaitable(value):
+        value = await value
+    return value
+
+
+class MiddlewareChain:
+    """Runs a list of middleware in onion order. Empty chains cost nothing."""
+
+    def __init__(self, middleware: Sequence[Middleware] = ()) -> None:
+        self.middleware = list(middleware)
+        self.reversed = list(reversed(self.middleware))
+
+    def __bool__(self) -> bool:
+        return bool(self.middleware)
+
+    async def before_enqueue(self, job: JobView) -> None:
+        for mw in self.middleware:
+            await _call(mw.before_enqueue, job)
+
+    async def after_enqueue(self, job: JobView) -> None:
+        for mw in self.reversed:
+            try:
+                await _call(mw.after_enqueue, job)
+            except Exception:
+                log.exception("middleware %s.after_enqueue raised", type(mw).__name__)
+
+    async def before_execution(self, job: JobView, func: Callable[..., Any]) -> None:
+        """Raises ``MiddlewareError`` naming the middleware whose hook raised."""
+        for mw in self.middleware:
+            try:
+                await _call(mw.before_execution, job, func)
+            except Exception as exc:
+                raise MiddlewareError(mw, exc) from exc
+
+    async def after_execution(self, job: JobView, func: Callable[..., Any], result: Any) -> Any:
+        for mw in self.reversed:
+            try:
+                result = await _call(mw.after_execution, job, func, result)
+            except Exception:
+                log.exception(
+                    "middleware %s.after_execution raised; outcome unchanged",
+                    type(mw).__name__,
+                    extra={"job_id": job.get("id"), "task": job.get("task")},
+                )
+        return result
+
+    async def on_error(self, job: JobView, func: Callable[..., Any], exc: BaseException) -> None:
+        for mw in self.reversed:
+            try:
+                await _call(mw.on_error, job, func, exc)
+            except Exception:
+                log.exception(
+                    "middleware %s.on_error raised; outcome unchanged",
+                    type(mw).__name__,
+                    extra={"job_id": job.get("id"), "task": job.get("task")},
+                )

@@ -1,0 +1,372 @@
+"""``Queue``: enqueue jobs (async and sync, one or many), look them up, size and purge.
+
+Enqueue order: validate and encode (nothing is sent if the arguments are bad) → create
+the job record (a duplicate id is refused) → publish, confirmed on RabbitMQ (or, with a
+delay, write it to the store's schedule) → return the handle. If the publish fails the
+record is removed again and the error is raised: a returned job id is a job that exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from uno_jobs.broker import Broker, Outgoing, dead_queue_name, level_queue_name, level_queues
+from uno_jobs.config import redact_url, resolve_broker_url, resolve_store_url
+from uno_jobs.errors import (
+    ConfigurationError,
+    DuplicateJobError,
+    JobFailedError,
+    JobNotFoundError,
+    JobTimeoutError,
+    PayloadError,
+)
+from uno_jobs.message import DEFAULT_MAX_MESSAGE_BYTES, Message, encode, new_message, parse_priority
+from uno_jobs.middleware import Middleware, MiddlewareChain, job_view
+from uno_jobs.schedule import scheduled_entry
+from uno_jobs.store import DeadLetter, JobRecord, JobStatus, JobStore, open_store
+from uno_jobs.tasks import Task, get_default_registry
+
+__all__ = ["JobHandle", "JobSpec", "Queue"]
+
+
+class _QueueOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    name: str = Field("default", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")
+    broker_url: str | None = None
+    store_url: str | None = None
+    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
+    middleware: list[Middleware] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job for ``Queue.enqueue_many``."""
+
+    task: str | Task[..., Any]
+    args: Sequence[Any] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    priority: str | None = None
+    delay: float | None = None
+    job_id: str | None = None
+    expires: float | datetime | None = None
+
+
+class JobHandle:
+    """A job that was enqueued: its id, and a way to wait for its outcome."""
+
+    def __init__(self, job_id: str, queue: Queue) -> None:
+        self.id = job_id
+        self.queue = queue
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.id!r}, queue={self.queue.name!r})"
+
+    async def get(self) -> JobRecord:
+        """The job's current record."""
+        return await self.queue.get_job(self.id)
+
+    async def wait(self, timeout: float | None = None, poll_interval: float = 0.05) -> Any:
+        """Wait for the job to finish and return its result.
+
+        Raises:
+            JobFailedError: the job ended ``failed`` or ``dead``.
+            JobTimeoutError: it had not finished after ``timeout`` seconds.
+        """
+        return await asyncio.to_thread(self.wait_sync, timeout, poll_interval)
+
+    def wait_sync(self, timeout: float | None = None, poll_interval: float = 0.05) -> Any:
+        """Blocking ``wait`` for sync code."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = min(0.005, poll_interval)
+        while True:
+            record = self.queue.get_job_sync(self.id)
+            if record.finished:
+                if record.status == JobStatus.SUCCEEDED:
+                    return record.result
+                raise JobFailedError(
+                    record.id, record.status.value, record.error_type, record.error_message,
+                    record.dead_reason,
+                )
+            if deadline is not None and time.monotonic() >= deadline:
+                raise JobTimeoutError(self.id, timeout or 0.0, record.status.value)
+            time.sleep(delay)
+            delay = min(delay * 2, poll_interval)
+
+
+class Queue:
+    """A named queue on a broker, with its job store.
+
+    Args:
+        name: The logical queue (``default``). Its broker queues are ``name`` (normal
+            priority, declared as Celery declares it), ``name.critical``, ``name.high``,
+            ``name.low`` and ``name.dead``.
+        broker_url: ``amqp://``, ``redis://``, ``sqs://`` or ``embedded://``; default from
+            ``UNO_JOBS_BROKER_URL``, else the embedded broker.
+        store_url: Where job records live; default from ``UNO_JOBS_STORE_URL``, else the
+            broker's Redis, else the embedded SQLite store.
+        max_message_bytes: Largest encoded message accepted by ``enqueue``.
+        middleware: Middleware whose ``before_enqueue``/``after_enqueue`` hooks run here.
+    """
+
+    def __init__(
+        self,
+        name: str = "default",
+        broker_url: str | None = None,
+        store_url: str | None = None,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        middleware: Sequence[Middleware] = (),
+    ) -> None:
+        try:
+            opts = _QueueOptions(
+                name=name, broker_url=broker_url, store_url=store_url,
+                max_message_bytes=max_message_bytes, middleware=list(middleware),
+            )
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            option = ".".join(str(p) for p in err["loc"])
+            raise ConfigurationError(f"Queue: option {option!r}: {err['msg']}") from None
+        self.name = opts.name
+        self.broker_url = resolve_broker_url(opts.broker_url)
+        self.store_url = resolve_store_url(opts.store_url, self.broker_url)
+        self.max_message_bytes = opts.max_message_bytes
+        self._middleware = MiddlewareChain(opts.middleware)
+        self._broker = Broker(self.broker_url)
+        self._store: JobStore | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Queue({self.name!r}, broker={self._broker.spec.display!r}, " \
+               f"store={redact_url(self.store_url)!r})"
+
+    @property
+    def store(self) -> JobStore:
+        with self._lock:
+            if self._store is None:
+                self._store = open_store(self.store_url)
+            return self._store
+
+    # -- enqueue ------------------------------------------------------------------------
+
+    async def enqueue(
+        self,
+        task: str | Task[..., Any],
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        priority: str | None = None,
+        delay: float | None = None,
+        job_id: str | None = None,
+        expires: float | datetime | None = None,
+    ) -> JobHandle:
+        """Enqueue one job; returns once the broker has it.
+
+        Args:
+            task: A registered task name, a dotted module path, or a ``Task``.
+            args: Positional arguments (JSON-serialisable).
+            kwargs: Keyword arguments (JSON-serialisable).
+            priority: ``critical``, ``high``, ``normal`` or ``low`` (default: the task's).
+            delay: Seconds to wait before the job may start.
+            job_id: Your own id; an id that exists already is refused.
+            expires: Seconds from now, or a datetime, after which the job is not run.
+
+        Raises:
+            PayloadError: arguments not JSON-serialisable or too large.
+            DuplicateJobError: ``job_id`` exists already.
+            ConfigurationError: an unknown priority or a negative delay.
+            BrokerUnavailableError: the broker is down or did not confirm in time.
+        """
+        spec = JobSpec(task, args, kwargs or {}, priority, delay, job_id, expires)
+        return (await self.enqueue_many([spec]))[0]
+
+    def enqueue_sync(
+        self,
+        task: str | Task[..., Any],
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        priority: str | None = None,
+        delay: float | None = None,
+        job_id: str | None = None,
+        expires: float | datetime | None = None,
+    ) -> JobHandle:
+        """``enqueue`` for sync code (web request handlers); same arguments and errors."""
+        spec = JobSpec(task, args, kwargs or {}, priority, delay, job_id, expires)
+        return self.enqueue_many_sync([spec])[0]
+
+    async def enqueue_many(self, jobs: Iterable[JobSpec]) -> list[JobHandle]:
+        """Enqueue many jobs in one batch (one store write, confirms awaited together)."""
+        prepared = [self._prepare(spec) for spec in jobs]
+        if self._middleware:
+            for message, _, _ in prepared:
+                await self._middleware.before_enqueue(self._view(message))
+        handles = await asyncio.to_thread(self._send, prepared)
+        if self._middleware:
+            for message, _, _ in prepared:
+                await self._middleware.after_enqueue(self._view(message))
+        return handles
+
+    def enqueue_many_sync(self, jobs: Iterable[JobSpec]) -> list[JobHandle]:
+        """``enqueue_many`` for sync code. Middleware hooks are not run here."""
+        return self._send([self._prepare(spec) for spec in jobs])
+
+    def _prepare(self, spec: JobSpec) -> tuple[Message, Any, float | None]:
+        if isinstance(spec.task, Task):
+            name, default_priority = spec.task.name, spec.task.priority
+        elif isinstance(spec.task, str) and spec.task:
+            registered = get_default_registry().get(spec.task)
+            name = spec.task
+            default_priority = registered.priority if registered else "normal"
+        else:
+            raise ConfigurationError(f"task must be a task name or a Task, got {spec.task!r}")
+        priority = parse_priority(spec.priority or default_priority)
+        delay = _check_delay(spec.delay)
+        if spec.job_id is not None and (not isinstance(spec.job_id, str) or not spec.job_id):
+            raise ConfigurationError(f"job_id must be a non-empty string, got {spec.job_id!r}")
+        if not isinstance(spec.args, (list, tuple)):
+            raise PayloadError(f"task {name}: args must be a list or tuple, got {spec.args!r}")
+        if not isinstance(spec.kwargs, Mapping):
+            raise PayloadError(f"task {name}: kwargs must be a mapping, got {spec.kwargs!r}")
+        message = new_message(
+            name, list(spec.args), dict(spec.kwargs), queue=self.name, priority=priority,
+            job_id=spec.job_id,
+        )
+        if spec.expires is not None:
+            message.expires = _expires_iso(spec.expires)
+        if delay:
+            message.eta = _iso(time.time() + delay)
+        encoded = encode(message, max_bytes=self.max_message_bytes)
+        return message, encoded, delay
+
+    def _send(self, prepared: list[tuple[Message, Any, float | None]]) -> list[JobHandle]:
+        ids = [m.id for m, _, _ in prepared]
+        if len(set(ids)) != len(ids):
+            seen: set[str] = set()
+            dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+            raise DuplicateJobError(dup)
+        now = time.time()
+        records = [
+            JobRecord(
+                id=m.id, task=m.task, queue=self.name, priority=m.priority,
+                status=JobStatus.SCHEDULED if delay else JobStatus.QUEUED, enqueued_at=now,
+            )
+            for m, _, delay in prepared
+        ]
+        store = self.store
+        store.create_many(records)
+        try:
+            items = [
+                Outgoing(level_queue_name(self.name, m.priority), enc)
+                for m, enc, delay in prepared
+                if not delay
+            ]
+            self._broker.publish(items)
+            for m, enc, delay in prepared:
+                if delay:
+                    store.schedule(
+                        scheduled_entry(
+                            m.id, m.task, self.name, level_queue_name(self.name, m.priority),
+                            now + delay, enc,
+                        )
+                    )
+        except BaseException:
+            store.delete(ids)
+            raise
+        return [JobHandle(i, self) for i in ids]
+
+    def _view(self, message: Message) -> Any:
+        return job_view({
+            "id": message.id, "task": message.task, "args": tuple(message.args),
+            "kwargs": dict(message.kwargs), "queue": message.queue,
+            "priority": message.priority, "attempt": message.attempt,
+            "enqueued_at": message.enqueued_at, "headers": dict(message.extra_headers),
+            "worker_id": None,
+        })
+
+    # -- look-ups and admin ---------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> JobRecord:
+        """The job's record: status, attempts, result or error, timings.
+
+        Raises:
+            JobNotFoundError: no record of this id (never enqueued, or past retention).
+        """
+        return await asyncio.to_thread(self.get_job_sync, job_id)
+
+    def get_job_sync(self, job_id: str) -> JobRecord:
+        record = self.store.get(job_id)
+        if record is None:
+            raise JobNotFoundError(job_id)
+        return record
+
+    def job(self, job_id: str) -> JobHandle:
+        """A handle for an existing job id (to ``wait`` on it)."""
+        return JobHandle(job_id, self)
+
+    async def size(self) -> int:
+        """Jobs waiting on the broker, over every priority level (not the dead letters)."""
+        return await asyncio.to_thread(self.size_sync)
+
+    def size_sync(self) -> int:
+        names = [name for name, _ in level_queues(self.name)]
+        return sum(self._broker.sizes(names).values())
+
+    async def sizes(self) -> dict[str, int]:
+        """Waiting jobs per broker queue, dead letters included."""
+        names = [name for name, _ in level_queues(self.name)] + [dead_queue_name(self.name)]
+        return await asyncio.to_thread(self._broker.sizes, names)
+
+    async def purge(self) -> int:
+        """Delete every waiting job of every level; returns how many."""
+        names = [name for name, _ in level_queues(self.name)]
+        return await asyncio.to_thread(self._broker.purge, names)
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """This queue's dead letters, newest first."""
+        return await asyncio.to_thread(self.store.dead_letters, self.name, limit)
+
+    def close(self) -> None:
+        self._broker.close()
+        with self._lock:
+            store, self._store = self._store, None
+        if store is not None:
+            store.close()
+
+    async def __aenter__(self) -> Queue:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.close)
+
+
+def _check_delay(delay: float | None) -> float | None:
+    if delay is None:
+        return None
+    if isinstance(delay, bool) or not isinstance(delay, (int, float)) or math.isnan(delay):
+        raise ConfigurationError(f"delay must be a number of seconds, got {delay!r}")
+    if delay < 0:
+        raise ConfigurationError(f"delay must be >= 0 seconds, got {delay!r}")
+    return float(delay) or None
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat()
+
+
+def _expires_iso(expires: float | datetime) -> str:
+    if isinstance(expires, datetime):
+        when = expires if expires.tzinfo else expires.replace(tzinfo=timezone.utc)
+        return when.isoformat()
+    if isinstance(expires, bool) or not isinstance(expires, (int, float)) or expires <= 0:
+        raise ConfigurationError(f"expires must be seconds > 0 or a datetime, got {expires!r}")
+    return (datetime.now(timezone.utc) + timedelta(seconds=expires)).isoformat()

@@ -1,0 +1,98 @@
+"""Delayed jobs: kept in the store until due, then published (DESIGN.md §2).
+
+A delayed job or retry is never held unacknowledged in a worker's memory. It is written to
+the store's schedule (``JobStore.schedule``) and every worker runs a ``DueJobMover`` that
+claims due entries atomically (a Lua script on Redis, ``UPDATE … RETURNING`` on SQLite),
+publishes them and releases them. A mover that dies between claim and publish leaves its
+entries due again once their lease ends: each job is published at least once, and once
+in the normal case.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from uno_jobs.broker import Broker, Outgoing
+from uno_jobs.message import Encoded
+from uno_jobs.store import JobStatus, JobStore, JobUpdate, ScheduledJob
+
+__all__ = ["DueJobMover", "scheduled_entry"]
+
+log = logging.getLogger("uno_jobs.schedule")
+
+_CLAIM_LIMIT = 200
+_LEASE_SECONDS = 30.0
+
+
+def scheduled_entry(
+    job_id: str, task: str, queue: str, routing_key: str, due_at: float, encoded: Encoded
+) -> ScheduledJob:
+    """The store entry of a message to publish to ``routing_key`` at ``due_at``."""
+    body = encoded.body.decode("utf-8")
+    payload = {
+        "task": task,
+        "queue": queue,
+        "body": body,
+        "headers": encoded.headers,
+        "properties": encoded.properties,
+        "content_type": encoded.content_type,
+        "content_encoding": encoded.content_encoding,
+    }
+    return ScheduledJob(job_id, routing_key, due_at, json.dumps(payload, separators=(",", ":")))
+
+
+def _outgoing(entry: ScheduledJob) -> tuple[Outgoing, dict[str, Any]]:
+    data = json.loads(entry.payload)
+    encoded = Encoded(
+        body=data["body"].encode("utf-8"),
+        headers=data["headers"],
+        properties=data["properties"],
+        content_type=data["content_type"],
+        content_encoding=data["content_encoding"],
+    )
+    return Outgoing(entry.routing_key, encoded), data
+
+
+class DueJobMover(threading.Thread):
+    """Publishes due scheduled jobs every ``interval`` seconds."""
+
+    def __init__(self, store: JobStore, broker: Broker, interval: float, name: str) -> None:
+        super().__init__(name=f"uno-scheduler-{name}", daemon=True)
+        self._store = store
+        self._broker = broker
+        self._interval = min(interval, 1.0)
+        self._stopping = threading.Event()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        self.join(timeout)
+
+    def run(self) -> None:
+        while not self._stopping.wait(self._interval):
+            try:
+                while self.move_due() == _CLAIM_LIMIT and not self._stopping.is_set():
+                    pass
+            except Exception:
+                log.exception("moving due jobs failed; will retry")
+
+    def move_due(self) -> int:
+        """Publish what is due now; returns how many entries were claimed."""
+        claimed = self._store.claim_due(time.time(), _CLAIM_LIMIT, _LEASE_SECONDS)
+        if not claimed:
+            return 0
+        items: list[Outgoing] = []
+        updates: list[JobUpdate] = []
+        for entry in claimed:
+            item, data = _outgoing(entry)
+            items.append(item)
+            updates.append(
+                JobUpdate(entry.job_id, data["task"], data["queue"], {"status": JobStatus.QUEUED})
+            )
+        self._broker.publish(items)
+        self._store.apply(updates)
+        self._store.release_scheduled([e.job_id for e in claimed])
+        return len(claimed)

@@ -1,0 +1,330 @@
+"""The job store contract: records, status values and the ``JobStore`` protocol.
+
+Stores are synchronous and thread-safe; async callers go through ``asyncio.to_thread``.
+Workers never write one row at a time on the hot path: they hand ``JobUpdate`` batches to
+``apply``, which a store applies in one transaction or pipeline, in order.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, replace
+from dataclasses import fields as dataclass_fields
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "DEFAULT_RESULT_LIMIT_BYTES",
+    "DEFAULT_RETENTION_SECONDS",
+    "FINISHED",
+    "DeadLetter",
+    "JobRecord",
+    "JobStatus",
+    "JobStore",
+    "JobUpdate",
+    "ScheduledJob",
+]
+
+DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
+DEFAULT_RESULT_LIMIT_BYTES = 1024 * 1024
+
+
+class JobStatus(str, enum.Enum):
+    """Where a job is in its life (DESIGN.md §1)."""
+
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DEAD = "dead"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD})
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """Everything the store knows about one job.
+
+    Times are POSIX timestamps (float seconds). ``result`` is the JSON value the task
+    returned (``None`` until it succeeded); a result larger than the store's cap is
+    replaced by ``None`` with ``result_truncated`` set.
+    """
+
+    id: str
+    task: str
+    queue: str
+    status: JobStatus
+    priority: str = "normal"
+    attempts: int = 0
+    worker_lost: int = 0
+    enqueued_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker_id: str | None = None
+    result: Any = None
+    result_truncated: bool = False
+    error_type: str | None = None
+    error_message: str | None = None
+    error_traceback: str | None = None
+    dead_reason: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "task": self.task,
+            "queue": self.queue,
+            "status": self.status.value,
+            "priority": self.priority,
+            "attempts": self.attempts,
+            "worker_lost": self.worker_lost,
+            "enqueued_at": self.enqueued_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "worker_id": self.worker_id,
+            "result": self.result,
+            "result_truncated": self.result_truncated,
+            "error_type": self.error_type,
+            "error_message": self.error_message,
+            "error_traceback": self.error_traceback,
+            "dead_reason": self.dead_reason,
+        }
+
+    def evolve(self, **changes: Any) -> JobRecord:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class JobUpdate:
+    """A change to one job's record, applied by ``JobStore.apply``.
+
+    Only the fields that are not ``None`` are written (``fields`` holds them). If no record
+    exists for ``job_id`` (a job sent by a Celery producer, say), ``apply`` creates one
+    from ``task``/``queue`` and the fields.
+    """
+
+    job_id: str
+    task: str
+    queue: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One entry of a queue's dead-letter index."""
+
+    job_id: str
+    task: str
+    queue: str
+    reason: str
+    error: str | None
+    dead_at: float
+
+
+@dataclass(frozen=True)
+class ScheduledJob:
+    """A message waiting for its time (a delayed job or a retry), published when due.
+
+    ``routing_key`` is the broker queue to publish to (``q``, ``q.high``, ...); ``payload``
+    is the encoded message as the broker layer wants it back (opaque to the store).
+    """
+
+    job_id: str
+    routing_key: str
+    due_at: float
+    payload: str
+
+
+@runtime_checkable
+class JobStore(Protocol):
+    """Job state and results. Implementations: SQLite (embedded), Redis, memory."""
+
+    url: str
+    retention_seconds: float
+    result_limit_bytes: int
+
+    def create(self, record: JobRecord) -> None:
+        """Insert a new record. Raises ``DuplicateJobError`` if the id exists."""
+        ...
+
+    def create_many(self, records: Sequence[JobRecord]) -> None:
+        """Insert many new records at once; all or nothing.
+
+        Raises ``DuplicateJobError`` naming the first id that exists (nothing is written).
+        """
+        ...
+
+    def delete(self, job_ids: Iterable[str]) -> None:
+        """Remove records (used to undo ``create`` when a publish failed)."""
+        ...
+
+    def get(self, job_id: str) -> JobRecord | None: ...
+
+    def apply(self, updates: Sequence[JobUpdate]) -> None:
+        """Apply updates in order, in one transaction or pipeline.
+
+        A status that is in ``FINISHED`` also sets the record's expiry to
+        ``retention_seconds`` from now; a ``result`` whose JSON encoding is larger than
+        ``result_limit_bytes`` is stored as ``None`` with ``result_truncated=True``.
+        ``attempts`` and ``worker_lost`` are absolute values, not increments.
+        """
+        ...
+
+    def add_dead_letter(self, entry: DeadLetter) -> None: ...
+
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """Newest first."""
+        ...
+
+    def schedule(self, job: ScheduledJob) -> None:
+        """Keep a message until ``due_at`` (replaces an entry with the same job id)."""
+        ...
+
+    def claim_due(self, now: float, limit: int, lease_seconds: float) -> list[ScheduledJob]:
+        """Atomically claim up to ``limit`` due entries for ``lease_seconds``.
+
+        Any number of workers may call this at once: each due entry is returned to one
+        caller only, until its lease runs out. The caller publishes it and then calls
+        ``release_scheduled``; an entry whose claimer died becomes due again when the
+        lease ends (so it is published at least once, and once in the normal case).
+        """
+        ...
+
+    def release_scheduled(self, job_ids: Sequence[str]) -> None:
+        """Remove entries after they were published."""
+        ...
+
+    def scheduled_count(self) -> int: ...
+
+    def purge_expired(self, now: float) -> int:
+        """Delete finished records and dead-letter entries past retention; returns count."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# Helpers shared by the store implementations. They are not exported: every store keeps a
+# record in the same "stored form" (the columns below, with ``status`` as its string value
+# and ``result`` as JSON text), so all of them truncate, coerce and round-trip alike.
+
+RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclass_fields(JobRecord))
+_DEFAULTS: dict[str, Any] = {
+    f.name: f.default for f in dataclass_fields(JobRecord) if f.default is not MISSING
+}
+
+
+def _optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else convert(value)
+
+
+def _status_value(value: Any) -> str:
+    return JobStatus(value).value
+
+
+_COERCE: dict[str, Callable[[Any], Any]] = {
+    "task": str,
+    "queue": str,
+    "status": _status_value,
+    "priority": str,
+    "attempts": int,
+    "worker_lost": int,
+    "enqueued_at": _optional(float),
+    "started_at": _optional(float),
+    "finished_at": _optional(float),
+    "worker_id": _optional(str),
+    "result_truncated": bool,
+    "error_type": _optional(str),
+    "error_message": _optional(str),
+    "error_traceback": _optional(str),
+    "dead_reason": _optional(str),
+}
+
+
+def encode_result(value: Any, limit_bytes: int) -> tuple[str | None, bool]:
+    """The stored form of a task result: ``(json_text, truncated)``.
+
+    ``None`` is stored as ``(None, False)``. A result whose compact JSON encoding is larger
+    than ``limit_bytes`` (UTF-8), or that is not strict JSON at all (an object JSON cannot
+    encode, NaN, infinity), is stored as ``(None, True)``: recording the outcome of a job
+    must not fail because of what the task returned.
+    """
+    if value is None:
+        return None, False
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return None, True
+    # A str is at most 4 UTF-8 bytes per character, so most results skip the encode.
+    if len(text) * 4 > limit_bytes and len(text.encode("utf-8")) > limit_bytes:
+        return None, True
+    return text, False
+
+
+def decode_result(text: str | None) -> Any:
+    """The inverse of ``encode_result``."""
+    return None if text is None else json.loads(text)
+
+
+def record_columns(record: JobRecord, limit_bytes: int) -> dict[str, Any]:
+    """Every field of ``record`` in stored form (the result encoded and capped)."""
+    columns = record.to_dict()
+    text, truncated = encode_result(record.result, limit_bytes)
+    columns["result"] = text
+    columns["result_truncated"] = bool(record.result_truncated or truncated)
+    return columns
+
+
+def update_columns(update: JobUpdate, limit_bytes: int) -> dict[str, Any]:
+    """The fields of ``update`` in stored form, coerced to their field types.
+
+    Raises:
+        ValueError: A key that is not a writable ``JobRecord`` field, or a status value
+            that is not a ``JobStatus``. Stores call this for a whole batch before they
+            write anything, so a bad update leaves the batch unapplied.
+    """
+    columns: dict[str, Any] = {}
+    for name, value in update.fields.items():
+        if name == "result":
+            text, truncated = encode_result(value, limit_bytes)
+            columns["result"] = text
+            columns["result_truncated"] = truncated or bool(update.fields.get("result_truncated"))
+            continue
+        if name == "result_truncated" and "result" in update.fields:
+            continue
+        coerce = _COERCE.get(name)
+        if coerce is None:
+            raise ValueError(f"job {update.job_id}: {name!r} is not a writable job field")
+        try:
+            columns[name] = coerce(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"job {update.job_id}: bad value for {name!r}: {exc}") from exc
+    return columns
+
+
+def record_from_columns(columns: Mapping[str, Any]) -> JobRecord:
+    """A ``JobRecord`` from stored form; missing columns take the field defaults."""
+    values = {name: columns.get(name, _DEFAULTS.get(name)) for name in RECORD_FIELDS}
+    values["status"] = JobStatus(values["status"] or JobStatus.QUEUED)
+    values["result"] = decode_result(values["result"])
+    values["result_truncated"] = bool(values["result_truncated"])
+    return JobRecord(**values)
+
+
+def first_repeated(ids: Iterable[str]) -> str | None:
+    """The first id that occurs a second time in ``ids``, if any."""
+    seen: set[str] = set()
+    for job_id in ids:
+        if job_id in seen:
+            return job_id
+        seen.add(job_id)
+    return None

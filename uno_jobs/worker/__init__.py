@@ -1,0 +1,27 @@
+"""Workers: take jobs off a queue, run their tasks, record the outcomes.
+
+See ``../shared/spec/WORKERS.md`` for the user-facing specification.
+"""
+
+from uno_jobs.worker._base import BaseWorker, WorkerState
+from uno_jobs.worker._executors import JobTimeLimitExceeded
+from uno_jobs.worker._options import (
+    AsyncWorkerOptions,
+    SyncWorkerOptions,
+    ThreadPoolWorkerOptions,
+    WorkerOptions,
+)
+from uno_jobs.worker._types import AsyncWorker, SyncWorker, ThreadPoolWorker
+
+__all__ = [
+    "AsyncWorker",
+    "AsyncWorkerOptions",
+    "BaseWorker",
+    "JobTimeLimitExceeded",
+    "SyncWorker",
+    "SyncWorkerOptions",
+    "ThreadPoolWorker",
+    "ThreadPoolWorkerOptions",
+    "WorkerOptions",
+    "WorkerState",
+]

@@ -1,0 +1,570 @@
+"""The worker lifecycle and job loop shared by every worker type.
+
+::
+
+    consumer thread ─► inbox ─► (event loop) level-ordered buffer ─► slot free? ─► _run_job
+      _run_job: decode ─► resolve task ─► before_execution ─► executor ─► after / on_error
+                ─► recorder thread: store.apply(batch) ─► consumer thread: ack
+
+States: initialized → starting → running ⇄ paused → shutting_down → stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import os
+import signal
+import socket
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any, ClassVar
+
+from uno_jobs.broker import Broker, ConsumerThread, Delivery, level_queues
+from uno_jobs.config import resolve_allowed_modules, resolve_broker_url, resolve_store_url
+from uno_jobs.errors import (
+    ConfigurationError,
+    ForbiddenTaskError,
+    MessageError,
+    UnknownTaskError,
+    WorkerStateError,
+)
+from uno_jobs.message import PRIORITY_LEVELS, Message, decode
+from uno_jobs.metrics import WorkerStats
+from uno_jobs.middleware import MiddlewareChain, job_view
+from uno_jobs.store import JobStatus, JobStore, JobUpdate, open_store
+from uno_jobs.tasks import Task, TaskResolver, get_default_registry
+from uno_jobs.worker._deadletter import DeadLetterer
+from uno_jobs.worker._executors import Executor, JobTimeLimitExceeded
+from uno_jobs.worker._options import WorkerOptions, build_options
+from uno_jobs.worker._recorder import Entry, Recorder
+from uno_jobs.schedule import DueJobMover
+
+__all__ = ["BaseWorker", "WorkerState"]
+
+log = logging.getLogger("uno_jobs.worker")
+
+_LEVEL_RANK = {level: rank for rank, level in enumerate(PRIORITY_LEVELS)}
+_ids = itertools.count(1)
+_WORKER_LOST_LIMIT = 3
+
+
+class WorkerState:
+    INITIALIZED = "initialized"
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTTING_DOWN = "shutting_down"
+    STOPPED = "stopped"
+
+
+class _Run:
+    """One job being executed."""
+
+    __slots__ = ("delivery", "discarded", "task")
+
+    def __init__(self, delivery: Delivery) -> None:
+        self.delivery = delivery
+        self.discarded = False
+        self.task: asyncio.Task[None] | None = None
+
+
+class BaseWorker:
+    """The shared base of every worker type. Subclasses pick options and an executor."""
+
+    options_model: ClassVar[type[WorkerOptions]] = WorkerOptions
+
+    def __init__(self, **options: Any) -> None:
+        self.options: WorkerOptions = build_options(
+            self.options_model, type(self).__name__, options
+        )
+        opts = self.options
+        self.worker_id = opts.worker_id or f"{socket.gethostname()}-{os.getpid()}-{next(_ids)}"
+        self.queue_name = opts.queue_name
+        self.concurrency = opts.concurrency
+        self.broker_url = resolve_broker_url(opts.broker_url)
+        self.store_url = resolve_store_url(opts.store_url, self.broker_url)
+        self._levels = level_queues(self.queue_name, opts.priority_levels)
+        self._middleware = MiddlewareChain(opts.middleware)
+        self._resolver = TaskResolver(
+            opts.registry or get_default_registry(),
+            resolve_allowed_modules(opts.allowed_modules),
+        )
+        self.state = WorkerState.INITIALIZED
+        self.stats = WorkerStats()
+        self.exit_code = 0
+        self._broker: Broker | None = None
+        self._store: JobStore | None = None
+        self._consumer: ConsumerThread | None = None
+        self._recorder: Recorder | None = None
+        self._executor: Executor | None = None
+        self._mover: DueJobMover | None = None
+        self._dead: DeadLetterer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: deque[Delivery] = deque()
+        self._inbox_scheduled = False
+        self._buffer: list[tuple[int, int, Delivery]] = []
+        self._seq = itertools.count()
+        self._running: dict[int, _Run] = {}
+        self._idle: asyncio.Event | None = None
+        self._stopped: asyncio.Event | None = None
+        self._signals = 0
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.worker_id} queue={self.queue_name} {self.state}>"
+
+    def make_executor(self) -> Executor:
+        raise NotImplementedError
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and start consuming; returns once the worker is consuming.
+
+        Raises:
+            WorkerStateError: the worker was started before.
+            BrokerUnavailableError: the broker cannot be reached.
+        """
+        if self.state != WorkerState.INITIALIZED:
+            raise WorkerStateError(f"worker {self.worker_id} is {self.state}; start() runs once")
+        self.state = WorkerState.STARTING
+        self._loop = asyncio.get_running_loop()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopped = asyncio.Event()
+        try:
+            await asyncio.to_thread(self._open)
+        except BaseException:
+            self.state = WorkerState.STOPPED
+            self._stopped.set()
+            await asyncio.to_thread(self._close_resources)
+            raise
+        self.stats.restart()
+        self.state = WorkerState.RUNNING
+        log.info(
+            "worker %s consuming %s on %s (concurrency %d)",
+            self.worker_id,
+            ", ".join(name for name, _ in self._levels),
+            self._broker.spec.display if self._broker else "?",
+            self.concurrency,
+        )
+
+    def _open(self) -> None:
+        opts = self.options
+        self._broker = Broker(self.broker_url)
+        self._store = open_store(self.store_url)
+        self._recorder = Recorder(self._store, self.worker_id)
+        self._recorder.start()
+        self._executor = self.make_executor()
+        window = self.concurrency + (opts.batch_size if opts.prefetch else 0)
+        self._consumer = self._broker.consumer(
+            self._levels, window, self._on_delivery, self.worker_id
+        )
+        self._dead = DeadLetterer(self._consumer, self._recorder, self.worker_id)
+        self._consumer.start_and_wait()
+        self._mover = DueJobMover(self._store, self._broker, opts.poll_interval, self.worker_id)
+        self._mover.start()
+
+    async def wait_stopped(self) -> None:
+        """Block until the worker has stopped (after ``shutdown`` or a signal)."""
+        if self._stopped is None:
+            raise WorkerStateError(f"worker {self.worker_id} was never started")
+        await self._stopped.wait()
+
+    async def run(self) -> int:
+        """Start, stop on SIGINT/SIGTERM (a second one forces), wait; returns the exit code."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            await self.wait_stopped()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        return self.exit_code
+
+    def _on_signal(self, sig: int) -> None:
+        self._signals += 1
+        name = signal.Signals(sig).name
+        if self._signals == 1:
+            log.info("%s: graceful shutdown of %s (again to force)", name, self.worker_id)
+            asyncio.ensure_future(self.shutdown())
+        else:
+            log.warning("%s again: immediate shutdown of %s", name, self.worker_id)
+            self.exit_code = 1
+            asyncio.ensure_future(self.shutdown(wait=False))
+
+    async def pause(self) -> None:
+        """Stop starting new jobs; running ones finish. Prefetched jobs are handed back."""
+        if self.state == WorkerState.RUNNING:
+            self.state = WorkerState.PAUSED
+            assert self._consumer is not None
+            self._consumer.set_consuming(False)
+            self._hand_back_buffer()
+
+    async def resume(self) -> None:
+        """Start taking jobs again after ``pause``."""
+        if self.state == WorkerState.PAUSED:
+            self.state = WorkerState.RUNNING
+            assert self._consumer is not None
+            self._consumer.set_consuming(True)
+
+    async def shutdown(self, wait: bool = True) -> None:
+        """Stop the worker.
+
+        Args:
+            wait: ``True`` (graceful): running jobs get ``shutdown_timeout`` seconds to
+                finish; jobs not started are handed back at once. ``False``: stop now and
+                hand every job back to the broker; results that arrive later are dropped.
+        """
+        if self.state in (WorkerState.INITIALIZED, WorkerState.STOPPED):
+            self.state = WorkerState.STOPPED
+            if self._stopped is not None:
+                self._stopped.set()
+            return
+        if self.state == WorkerState.SHUTTING_DOWN:
+            if not wait:
+                self._abandon_running()
+            assert self._stopped is not None
+            await self._stopped.wait()
+            return
+        self.state = WorkerState.SHUTTING_DOWN
+        assert self._consumer is not None and self._idle is not None
+        self._consumer.set_consuming(False)
+        self._hand_back_buffer()
+        if wait and self._running:
+            try:
+                await asyncio.wait_for(self._idle.wait(), self.options.shutdown_timeout)
+            except asyncio.TimeoutError:
+                log.warning(
+                    "%d job(s) still running after shutdown_timeout=%gs; handing them back",
+                    len(self._running),
+                    self.options.shutdown_timeout,
+                )
+                self.exit_code = self.exit_code or 1
+        self._abandon_running()
+        await asyncio.to_thread(self._close_resources)
+        self.state = WorkerState.STOPPED
+        assert self._stopped is not None
+        self._stopped.set()
+        log.info("worker %s stopped", self.worker_id)
+
+    def _abandon_running(self) -> None:
+        """Drop running jobs: their messages go back to the broker when it closes."""
+        for run in list(self._running.values()):
+            run.discarded = True
+            if run.task is not None:
+                run.task.cancel()
+        if self._running and self._recorder is not None:
+            self._recorder.put(Entry([self._requeued_update(r) for r in self._running.values()]))
+        self._running.clear()
+
+    def _requeued_update(self, run: _Run) -> JobUpdate:
+        headers = run.delivery.headers
+        return JobUpdate(
+            str(headers.get("id", "")),
+            str(headers.get("task", "")),
+            self.queue_name,
+            {"status": JobStatus.QUEUED, "worker_id": None},
+        )
+
+    def _close_resources(self) -> None:
+        if self._mover is not None:
+            self._mover.stop()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+        if self._recorder is not None:
+            self._recorder.flush(timeout=10.0)
+        if self._consumer is not None and self._consumer.is_alive():
+            self._consumer.stop()
+        if self._recorder is not None:
+            self._recorder.stop()
+        if self._broker is not None:
+            self._broker.close()
+        if self._store is not None:
+            self._store.close()
+
+    # -- health and metrics -------------------------------------------------------------
+
+    async def get_health(self) -> dict[str, Any]:
+        """``status, uptime, jobs_processed, failure_rate, current_jobs, last_job_completed``."""
+        return {
+            "status": self._health_status(),
+            "uptime": self.stats.uptime(),
+            "jobs_processed": self.stats.processed,
+            "failure_rate": round(self.stats.failure_rate, 4),
+            "current_jobs": len(self._running),
+            "last_job_completed": self.stats.last_completed_iso(),
+        }
+
+    async def get_metrics(self) -> dict[str, Any]:
+        """The metrics of WORKERS.md "Monitoring and Health Checks" (see ``uno_jobs.metrics``)."""
+        return self.stats.snapshot(active_jobs=len(self._running))
+
+    def _health_status(self) -> str:
+        if self.state in (WorkerState.STOPPED, WorkerState.INITIALIZED):
+            return "unhealthy"
+        if self._consumer is None or not self._consumer.connected:
+            return "unhealthy"
+        limit = self.options.max_failures
+        if limit and self.stats.consecutive_failures >= max(1, limit // 2):
+            return "degraded"
+        if self.state == WorkerState.PAUSED:
+            return "degraded"
+        return "healthy"
+
+    # -- deliveries ---------------------------------------------------------------------
+
+    def _on_delivery(self, delivery: Delivery) -> None:
+        """Called in the consumer thread."""
+        self._inbox.append(delivery)
+        if not self._inbox_scheduled:
+            self._inbox_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._drain_inbox)
+
+    def _drain_inbox(self) -> None:
+        self._inbox_scheduled = False
+        inbox = self._inbox
+        accepting = self.state == WorkerState.RUNNING
+        while inbox:
+            delivery = inbox.popleft()
+            if not accepting:
+                self._hand_back(delivery)
+                continue
+            rank = _LEVEL_RANK.get(delivery.level, 2)
+            heapq.heappush(self._buffer, (rank, next(self._seq), delivery))
+        self._fill_slots()
+
+    def _fill_slots(self) -> None:
+        if self.state != WorkerState.RUNNING:
+            return
+        assert self._loop is not None and self._idle is not None
+        while self._buffer and len(self._running) < self.concurrency:
+            _, _, delivery = heapq.heappop(self._buffer)
+            run = _Run(delivery)
+            self._running[delivery.tag] = run
+            self._idle.clear()
+            run.task = self._loop.create_task(self._run_job(run))
+
+    def _hand_back(self, delivery: Delivery) -> None:
+        assert self._consumer is not None
+        self._consumer.reject(delivery.tag, requeue=True)
+
+    def _hand_back_buffer(self) -> None:
+        buffer, self._buffer = self._buffer, []
+        for _, _, delivery in buffer:
+            self._hand_back(delivery)
+
+    def _job_done(self, run: _Run) -> None:
+        self._running.pop(run.delivery.tag, None)
+        if not self._running:
+            assert self._idle is not None
+            self._idle.set()
+        self._fill_slots()
+
+    # -- running one job ----------------------------------------------------------------
+
+    async def _run_job(self, run: _Run) -> None:
+        delivery = run.delivery
+        try:
+            try:
+                message = decode(
+                    delivery.body,
+                    delivery.headers,
+                    delivery.content_type,
+                    delivery.content_encoding,
+                    queue=self.queue_name,
+                    priority=delivery.level,
+                )
+                task = self._resolver.resolve(message.task)
+            except (MessageError, UnknownTaskError, ForbiddenTaskError) as exc:
+                self._dead_letter(run, exc)
+                return
+            if await self._refuse_expired_or_lost(run, message):
+                return
+            await self._execute(run, message, task)
+        except asyncio.CancelledError:
+            if not run.discarded:
+                raise
+        except Exception:
+            # A bug in the worker itself: never lose the message; the broker gets it back.
+            log.exception("internal error handling delivery %s; handing it back", delivery.tag)
+            if not run.discarded and self._consumer is not None:
+                self._consumer.reject(delivery.tag, requeue=True)
+        finally:
+            self._job_done(run)
+
+    def _dead_letter(self, run: _Run, exc: Exception) -> None:
+        assert self._dead is not None
+        if isinstance(exc, MessageError):
+            reason, detail, job_id = exc.reason, exc.detail, exc.job_id
+        elif isinstance(exc, ForbiddenTaskError):
+            reason, detail, job_id = "forbidden_task", str(exc), None
+        else:
+            reason, detail, job_id = "unknown_task", str(exc), None
+        self._dead.dead_letter(run.delivery, self.queue_name, reason, detail, job_id)
+
+    async def _refuse_expired_or_lost(self, run: _Run, message: Message) -> bool:
+        if message.expires is not None and _is_past(message.expires):
+            assert self._dead is not None
+            self._dead.dead_letter(
+                run.delivery, self.queue_name, "expired", f"expired at {message.expires}",
+                message.id,
+            )
+            return True
+        if not run.delivery.redelivered or self._store is None:
+            return False
+        record = await asyncio.to_thread(self._store.get, message.id)
+        if record is None or record.status != JobStatus.RUNNING:
+            return False
+        message.worker_lost = record.worker_lost + 1
+        if message.worker_lost >= _WORKER_LOST_LIMIT:
+            assert self._dead is not None
+            self._dead.dead_letter(
+                run.delivery, self.queue_name, "worker_lost",
+                f"the job's worker was lost {message.worker_lost} times", message.id,
+                worker_lost=message.worker_lost,
+            )
+            return True
+        return False
+
+    async def _execute(self, run: _Run, message: Message, task: Task[..., Any]) -> None:
+        assert self._executor is not None and self._recorder is not None
+        started = time.time()
+        self.stats.job_started(message.enqueued_at, started)
+        self._recorder.put(
+            Entry([
+                JobUpdate(message.id, message.task, self.queue_name, {
+                    "status": JobStatus.RUNNING,
+                    "started_at": started,
+                    "worker_id": self.worker_id,
+                    "attempts": message.attempt,
+                    "worker_lost": message.worker_lost,
+                    "priority": message.priority,
+                })
+            ])
+        )
+        view = self._job_view(message) if self._middleware else None
+        timeout = _effective_timeout(task.timeout, self.options.max_job_duration)
+        t0 = time.perf_counter()
+        try:
+            if view is not None:
+                await self._middleware.before_execution(view, task.func)
+            result = await self._executor.run(task, message.args, message.kwargs, timeout)
+            if view is not None:
+                result = await self._middleware.after_execution(view, task.func, result)
+        except (Exception, JobTimeLimitExceeded) as exc:
+            if run.discarded:
+                return
+            if view is not None:
+                await self._middleware.on_error(view, task.func, exc)
+            self._record_failure(run, message, exc, time.perf_counter() - t0)
+            return
+        if run.discarded:
+            return
+        self._record_success(run, message, result, time.perf_counter() - t0)
+
+    def _record_success(self, run: _Run, message: Message, result: Any, duration: float) -> None:
+        assert self._recorder is not None and self._consumer is not None
+        self.stats.job_finished(True, duration)
+        tag = run.delivery.tag
+        consumer = self._consumer
+        self._recorder.put(
+            Entry(
+                [JobUpdate(message.id, message.task, self.queue_name, {
+                    "status": JobStatus.SUCCEEDED,
+                    "finished_at": time.time(),
+                    "result": result,
+                })],
+                after=lambda: consumer.ack(tag),
+            )
+        )
+
+    def _record_failure(
+        self, run: _Run, message: Message, exc: BaseException, duration: float
+    ) -> None:
+        assert self._recorder is not None and self._consumer is not None
+        self.stats.job_finished(False, duration)
+        log.warning(
+            "job %s (%s) attempt %d failed: %s: %s",
+            message.id, message.task, message.attempt, type(exc).__name__, exc,
+            extra={"job_id": message.id, "task": message.task, "attempt": message.attempt,
+                   "worker_id": self.worker_id},
+        )
+        tag = run.delivery.tag
+        consumer = self._consumer
+        self._recorder.put(
+            Entry(
+                [JobUpdate(message.id, message.task, self.queue_name, {
+                    "status": JobStatus.FAILED,
+                    "finished_at": time.time(),
+                    "error_type": type(exc).__name__,
+                    "error_message": str(exc),
+                    "error_traceback": "".join(traceback.format_exception(exc))[-8192:],
+                    "dead_reason": "timeout" if isinstance(exc, JobTimeLimitExceeded) else None,
+                })],
+                after=lambda: consumer.ack(tag),
+            )
+        )
+        self._check_max_failures()
+
+    def _check_max_failures(self) -> None:
+        limit = self.options.max_failures
+        if limit and self.stats.consecutive_failures >= limit and self.state == WorkerState.RUNNING:
+            log.error(
+                "worker %s: %d consecutive task failures reached max_failures=%d; shutting down",
+                self.worker_id, self.stats.consecutive_failures, limit,
+            )
+            self.exit_code = 3
+            asyncio.ensure_future(self.shutdown())
+
+    def _job_view(self, message: Message) -> Any:
+        return job_view({
+            "id": message.id,
+            "task": message.task,
+            "args": tuple(message.args),
+            "kwargs": dict(message.kwargs),
+            "queue": message.queue,
+            "priority": message.priority,
+            "attempt": message.attempt,
+            "enqueued_at": message.enqueued_at,
+            "headers": dict(message.extra_headers),
+            "worker_id": self.worker_id,
+        })
+
+
+def _effective_timeout(task_timeout: float | None, max_job_duration: float | None) -> float | None:
+    limits = [t for t in (task_timeout, max_job_duration) if t is not None]
+    return min(limits) if limits else None
+
+
+def _is_past(iso: str) -> bool:
+    try:
+        when = datetime.fromisoformat(iso)
+    except ValueError:
+        return False
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when < datetime.now(timezone.utc)
+
+
+def make_worker_type(
+    name: str,
+    options_model: type[WorkerOptions],
+    executor: Callable[[BaseWorker], Executor],
+) -> type[BaseWorker]:
+    """Build a worker type from an options model and an executor factory (for plugins)."""
+    if not name.isidentifier():
+        raise ConfigurationError(f"worker type name {name!r} is not an identifier")
+    return type(
+        name,
+        (BaseWorker,),
+        {"options_model": options_model, "make_executor": lambda self: executor(self)},
+    )

@@ -1,0 +1,96 @@
+"""Executors run task code; they never touch the broker or the store.
+
+Each worker type is the shared base plus one executor: the asyncio executor runs
+coroutine tasks on the worker's loop (sync tasks in a thread), the thread executor runs
+everything in a fixed pool of threads (a coroutine task gets its own event loop there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from uno_jobs.tasks import Task
+
+__all__ = ["AsyncExecutor", "Executor", "JobTimeLimitExceeded", "ThreadExecutor"]
+
+
+class JobTimeLimitExceeded(BaseException):  # noqa: N818 - a signal, like dramatiq's
+    """A job ran past its time limit.
+
+    Derives from ``BaseException`` so that a task's ``except Exception`` cannot swallow
+    it when it is raised inside the task.
+    """
+
+    def __init__(self, limit: float) -> None:
+        super().__init__(f"job exceeded its time limit of {limit:g} s")
+        self.limit = limit
+
+
+def _call_sync(func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
+    result = func(*args, **kwargs)
+    if asyncio.iscoroutine(result):
+        return asyncio.run(result)
+    return result
+
+
+class Executor:
+    """Runs one task call; ``run`` raises what the task raised."""
+
+    async def run(
+        self, task: Task[..., Any], args: list[Any], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any:
+        raise NotImplementedError
+
+    def shutdown(self, wait: bool) -> None:
+        """Release threads; with ``wait=False`` running calls are abandoned."""
+
+
+async def _with_limit(awaitable: Any, timeout: float | None) -> Any:
+    if timeout is None:
+        return await awaitable
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except asyncio.TimeoutError:
+        raise JobTimeLimitExceeded(timeout) from None
+
+
+class ThreadExecutor(Executor):
+    """A fixed pool of threads (SyncWorker: one; ThreadPoolWorker: ``max_threads``).
+
+    A time limit stops waiting for the call and fails the job; Python cannot interrupt
+    the thread itself, so its slot frees only when the call returns.
+    """
+
+    def __init__(self, threads: int, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"uno-{name}")
+
+    async def run(
+        self, task: Task[..., Any], args: list[Any], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        call = functools.partial(_call_sync, task.func, args, kwargs)
+        return await _with_limit(loop.run_in_executor(self._pool, call), timeout)
+
+    def shutdown(self, wait: bool) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+
+
+class AsyncExecutor(Executor):
+    """Coroutine tasks run on the worker's loop, cancelled at their time limit."""
+
+    def __init__(self, threads: int, name: str) -> None:
+        self._threads = ThreadExecutor(threads, name)
+
+    async def run(
+        self, task: Task[..., Any], args: list[Any], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any:
+        if task.is_async:
+            return await _with_limit(task.func(*args, **kwargs), timeout)
+        return await self._threads.run(task, args, kwargs, timeout)
+
+    def shutdown(self, wait: bool) -> None:
+        self._threads.shutdown(wait)

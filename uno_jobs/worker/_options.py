@@ -1,0 +1,106 @@
+"""Worker options: one pydantic model per worker type, validated at construction.
+
+A typo or an out-of-range value raises ``ConfigurationError`` naming the option, never a
+silently ignored keyword (STYLE.md §5).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from uno_jobs.errors import ConfigurationError
+from uno_jobs.message import PRIORITY_LEVELS
+from uno_jobs.middleware import Middleware
+from uno_jobs.tasks import TaskRegistry, check_allowed_prefix
+
+__all__ = [
+    "AsyncWorkerOptions",
+    "SyncWorkerOptions",
+    "ThreadPoolWorkerOptions",
+    "WorkerOptions",
+    "build_options",
+]
+
+
+class WorkerOptions(BaseModel):
+    """Options every worker type takes (WORKERS.md "Worker Configuration")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    #: Name of the option that sets the concurrency of this worker type, if any.
+    concurrency_option: ClassVar[str | None] = None
+
+    queue_name: str = Field("default", min_length=1, max_length=200)
+    worker_id: str | None = Field(None, min_length=1, max_length=200)
+    batch_size: int = Field(10, ge=1, le=10_000)
+    shutdown_timeout: float = Field(30.0, ge=0)
+    poll_interval: float = Field(1.0, gt=0, le=3600)
+    prefetch: bool = True
+    heartbeat_interval: float = Field(30.0, gt=0)
+    max_job_duration: float | None = Field(None, gt=0)
+    healthcheck_interval: float = Field(60.0, gt=0)
+    middleware: list[Middleware] = Field(default_factory=list)
+    max_failures: int | None = Field(None, ge=1)
+    metrics_enabled: bool = True
+    metrics_interval: float = Field(10.0, gt=0)
+    priority_levels: list[str] | None = None
+    broker_url: str | None = None
+    store_url: str | None = None
+    allowed_modules: list[str] | None = None
+    registry: TaskRegistry | None = None
+
+    @field_validator("priority_levels")
+    @classmethod
+    def _levels(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("must name at least one level")
+        for level in value:
+            if level not in PRIORITY_LEVELS:
+                raise ValueError(f"unknown level {level!r} (allowed: {', '.join(PRIORITY_LEVELS)})")
+        return value
+
+    @field_validator("allowed_modules")
+    @classmethod
+    def _prefixes(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        return [check_allowed_prefix(p) for p in value]
+
+    @property
+    def concurrency(self) -> int:
+        name = self.concurrency_option
+        return int(getattr(self, name)) if name else 1
+
+
+class SyncWorkerOptions(WorkerOptions):
+    pass
+
+
+class AsyncWorkerOptions(WorkerOptions):
+    concurrency_option: ClassVar[str | None] = "max_concurrent"
+    max_concurrent: int = Field(10, ge=1, le=100_000)
+
+
+class ThreadPoolWorkerOptions(WorkerOptions):
+    concurrency_option: ClassVar[str | None] = "max_threads"
+    max_threads: int = Field(4, ge=1, le=1_000)
+
+
+def build_options(model: type[WorkerOptions], owner: str, values: dict[str, Any]) -> Any:
+    """Validate ``values`` into ``model``; errors name the worker type and the option."""
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            option = ".".join(str(p) for p in err["loc"]) or "?"
+            if err["type"] == "extra_forbidden":
+                allowed = ", ".join(sorted(model.model_fields))
+                problems.append(f"unknown option {option!r} (allowed: {allowed})")
+            else:
+                problems.append(f"option {option!r}: {err['msg']} (got {err.get('input')!r})")
+        raise ConfigurationError(f"{owner}: " + "; ".join(problems)) from None
