@@ -1,0 +1,1 @@
+"""An allowed module that defines no tasks."""

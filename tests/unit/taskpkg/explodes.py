@@ -1,0 +1,3 @@
+"""An allowed module whose import raises something other than ImportError."""
+
+raise RuntimeError("boom at import time")
