@@ -331,6 +331,11 @@ class Queue:
         names = [name for name, _ in level_queues(self.name)]
         return await asyncio.to_thread(self._broker.purge, names)
 
+    async def delete(self) -> None:
+        """Delete this queue's broker queues (every level and the dead letters) and jobs."""
+        names = [name for name, _ in level_queues(self.name)] + [dead_queue_name(self.name)]
+        await asyncio.to_thread(self._broker.delete_queues, names)
+
     async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """This queue's dead letters, newest first."""
         return await asyncio.to_thread(self.store.dead_letters, self.name, limit)

@@ -73,7 +73,11 @@ class Broker:
         """Delete every ready message of these broker queues; returns how many."""
         return sum(self._admin(names, purge=True).values())
 
-    def _admin(self, names: Sequence[str], purge: bool) -> dict[str, int]:
+    def delete_queues(self, names: Sequence[str]) -> None:
+        """Delete these broker queues and every message in them."""
+        self._admin(names, purge=False, delete=True)
+
+    def _admin(self, names: Sequence[str], purge: bool, delete: bool = False) -> dict[str, int]:
         conn = self.spec.connection()
         try:
             conn.ensure_connection(max_retries=1, timeout=self.spec.connect_timeout)
@@ -81,6 +85,10 @@ class Broker:
             out: dict[str, int] = {}
             for name in names:
                 bound = kombu_queue(name)(channel)
+                if delete:
+                    bound.delete()
+                    bound.exchange.delete()
+                    continue
                 bound.declare()
                 if purge:
                     out[name] = int(bound.purge() or 0)

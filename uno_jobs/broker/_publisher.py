@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kombu import Connection, Producer
+from kombu.exceptions import OperationalError
 
 from uno_jobs.broker._spec import BrokerSpec
 from uno_jobs.broker._topology import kombu_queue
@@ -205,7 +206,7 @@ class Publisher:
 
 def _is_connection_problem(conn: Connection, exc: BaseException) -> bool:
     errors = tuple(conn.connection_errors) + tuple(conn.channel_errors)
-    return isinstance(exc, errors + (OSError, socket.timeout, TimeoutError))
+    return isinstance(exc, errors + (OperationalError, OSError, socket.timeout, TimeoutError))
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,95 @@
+"""Shared fixtures. Integration fixtures use the real brokers on this machine.
+
+Every test gets its own queue name (random suffix) and, on Redis, its own key prefix; both
+are deleted afterwards, so a killed run leaves nothing that poisons the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REDIS_HOST = os.environ.get("UNO_TEST_REDIS", "127.0.0.1:6379")
+AMQP_URL = os.environ.get("UNO_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
+REDIS_DB = 3
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> None:
+    """Poll ``predicate`` until it is truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+        time.sleep(interval)
+
+
+async def async_wait_until(
+    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02
+) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+        await asyncio.sleep(interval)
+
+
+@pytest.fixture
+def uno_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "uno_home"
+    monkeypatch.setenv("UNO_JOBS_HOME", str(home))
+    monkeypatch.delenv("UNO_JOBS_BROKER_URL", raising=False)
+    monkeypatch.delenv("UNO_JOBS_STORE_URL", raising=False)
+    return home
+
+
+@pytest.fixture
+def queue_name() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+def _delete_redis_prefix(prefix: str) -> None:
+    import redis
+
+    host, port = REDIS_HOST.split(":")
+    client = redis.Redis(host=host, port=int(port), db=REDIS_DB)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+def make_broker_url(kind: str, *, visibility_timeout: float = 3.0) -> tuple[str, Callable[[], None]]:
+    """A broker URL of ``kind`` isolated for one test, and its clean-up."""
+    if kind == "embedded":
+        return f"embedded://?visibility_timeout={visibility_timeout}", lambda: None
+    if kind == "redis":
+        prefix = f"uno-test-{uuid.uuid4().hex[:10]}:"
+        url = (
+            f"redis://{REDIS_HOST}/{REDIS_DB}?key_prefix={prefix}"
+            f"&visibility_timeout={visibility_timeout}"
+        )
+        return url, lambda: _delete_redis_prefix(prefix)
+    if kind == "amqp":
+        return AMQP_URL, lambda: None
+    raise ValueError(kind)
+
+
+@pytest.fixture(params=["embedded", "redis", "amqp"])
+def broker_url(request: pytest.FixtureRequest, uno_home: Path) -> Iterator[str]:
+    url, cleanup = make_broker_url(request.param)
+    try:
+        yield url
+    finally:
+        cleanup()

@@ -1,0 +1,56 @@
+"""Tasks used by the contract suite, in-process and by worker subprocesses (``--app``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from uno_jobs import task
+
+
+@task(name="contract.add")
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@task(name="contract.async_add")
+async def async_add(a: int, b: int) -> int:
+    await asyncio.sleep(0)
+    return a + b
+
+
+@task(name="contract.fail")
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+@task(name="contract.sleep")
+def sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@task(name="contract.mark")
+def mark(folder: str, name: str, hold: float = 0.0) -> str:
+    """Write a start marker ``<name>.<pid>.<n>`` into ``folder``, then hold for a while."""
+    base = Path(folder)
+    n = len(list(base.glob(f"{name}.*")))
+    (base / f"{name}.{os.getpid()}.{n}").write_text(str(time.time()))
+    deadline = time.monotonic() + hold
+    while time.monotonic() < deadline:
+        time.sleep(0.01)
+    return name
+
+
+@task(name="contract.hold_first")
+def hold_first(folder: str, name: str, hold: float) -> str:
+    """Like ``mark``, but only the first run holds: a redelivery completes at once."""
+    first = not list(Path(folder).glob(f"{name}.*"))
+    return mark(folder, name, hold if first else 0.0)
+
+
+def helper() -> int:
+    """Not a task: resolving it by module path must be refused."""
+    return 1

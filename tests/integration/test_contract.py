@@ -1,0 +1,302 @@
+"""The contract suite: the same behaviour on every broker and every worker type.
+
+Parametrised over the embedded broker, Redis and RabbitMQ (``broker_url``) and the worker
+types (``worker_type``). Each test uses its own queue and deletes it afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import contract_tasks  # noqa: F401 - registers the contract.* tasks
+import pytest
+from conftest import async_wait_until, make_broker_url
+
+from uno_jobs import JobFailedError, JobStatus, Queue
+from uno_jobs.errors import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    DuplicateJobError,
+    PayloadError,
+)
+from uno_jobs.queue import JobSpec
+from uno_jobs.worker import BaseWorker
+from uno_jobs.worker._registry import get_worker_type
+
+pytestmark = pytest.mark.integration
+
+HERE = Path(__file__).parent
+REPO = HERE.parent.parent
+
+
+def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(coro_fn())  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=["sync", "thread", "async"])
+def worker_type(request: pytest.FixtureRequest) -> type[BaseWorker]:
+    return get_worker_type(request.param)
+
+
+def make_worker(cls: type[BaseWorker], queue: Queue, **options: Any) -> BaseWorker:
+    if cls.options_model.concurrency_option and "concurrency" in options:
+        options[cls.options_model.concurrency_option] = options.pop("concurrency")
+    options.pop("concurrency", None)
+    return cls(queue_name=queue.name, broker_url=queue.broker_url, **options)
+
+
+@asynccontextmanager
+async def opened(queue_name: str, broker_url: str) -> AsyncIterator[Queue]:
+    queue = Queue(queue_name, broker_url=broker_url)
+    try:
+        yield queue
+    finally:
+        await queue.delete()
+        queue.close()
+
+
+@asynccontextmanager
+async def running(worker: BaseWorker) -> AsyncIterator[BaseWorker]:
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.shutdown(wait=False)
+
+
+def test_job_succeeds_with_result(broker_url: str, worker_type: type[BaseWorker], queue_name: str) -> None:
+    async def main() -> None:
+        async with opened(queue_name, broker_url) as queue:
+            async with running(make_worker(worker_type, queue, concurrency=2)) as worker:
+                sync_job = await queue.enqueue("contract.add", [2, 3])
+                async_job = await queue.enqueue("contract.async_add", kwargs={"a": 4, "b": 5})
+                assert await sync_job.wait(timeout=15) == 5
+                assert await async_job.wait(timeout=15) == 9
+                record = await queue.get_job(sync_job.id)
+                assert record.status == JobStatus.SUCCEEDED
+                assert record.attempts == 1
+                assert record.worker_id == worker.worker_id
+                assert record.enqueued_at is not None and record.started_at is not None
+                assert record.finished_at is not None
+                assert record.enqueued_at <= record.started_at <= record.finished_at
+                metrics = await worker.get_metrics()
+                assert metrics["jobs_succeeded"] == 2
+
+    run(main)
+
+
+def test_failing_job_records_its_error(broker_url: str, worker_type: type[BaseWorker], queue_name: str) -> None:
+    async def main() -> None:
+        async with opened(queue_name, broker_url) as queue:
+            async with running(make_worker(worker_type, queue)):
+                job = await queue.enqueue("contract.fail", ["it broke"])
+                with pytest.raises(JobFailedError) as info:
+                    await job.wait(timeout=15)
+                assert info.value.status == "failed"
+                record = await queue.get_job(job.id)
+                assert record.status == JobStatus.FAILED
+                assert record.error_type == "ValueError"
+                assert record.error_message == "it broke"
+                assert record.error_traceback and "ValueError: it broke" in record.error_traceback
+
+    run(main)
+
+
+def test_unrunnable_jobs_are_dead_lettered(broker_url: str, queue_name: str) -> None:
+    async def main() -> None:
+        async with opened(queue_name, broker_url) as queue:
+            worker = make_worker(
+                get_worker_type("async"), queue, allowed_modules=["contract_tasks"]
+            )
+            async with running(worker):
+                unknown = await queue.enqueue("no_such_task")
+                forbidden = await queue.enqueue("os.system", ["echo pwned"])
+                not_a_task = await queue.enqueue("contract_tasks.helper")
+                by_path = await queue.enqueue("contract_tasks.add", [1, 1])
+                assert await by_path.wait(timeout=15) == 2
+                reasons = {}
+                for job in (unknown, forbidden, not_a_task):
+                    with pytest.raises(JobFailedError) as info:
+                        await job.wait(timeout=15)
+                    assert info.value.status == "dead"
+                    reasons[job.id] = (await queue.get_job(job.id)).dead_reason
+                assert reasons == {
+                    unknown.id: "unknown_task",
+                    forbidden.id: "forbidden_task",
+                    not_a_task.id: "forbidden_task",
+                }
+                dead_ids = {d.job_id for d in await queue.dead_letters()}
+                assert dead_ids == set(reasons)
+            # After shutdown every dead letter is published and acked.
+            sizes = await queue.sizes()
+            assert sizes[f"{queue.name}.dead"] == 3
+
+    run(main)
+
+
+def test_bad_enqueue_arguments_publish_nothing(broker_url: str, queue_name: str) -> None:
+    async def main() -> None:
+        async with opened(queue_name, broker_url) as queue:
+            with pytest.raises(PayloadError, match="contract.add"):
+                await queue.enqueue("contract.add", [object()])
+            with pytest.raises(ConfigurationError, match="urgent"):
+                await queue.enqueue("contract.add", [1, 2], priority="urgent")
+            with pytest.raises(ConfigurationError, match="delay"):
+                await queue.enqueue("contract.add", [1, 2], delay=-1)
+            first = await queue.enqueue("contract.add", [1, 2], job_id="job-1")
+            with pytest.raises(DuplicateJobError, match="job-1"):
+                await queue.enqueue("contract.add", [1, 2], job_id="job-1")
+            assert first.id == "job-1"
+            assert await queue.size() == 1
+
+    run(main)
+
+
+def test_sync_and_bulk_enqueue(broker_url: str, queue_name: str) -> None:
+    async def main() -> None:
+        async with opened(queue_name, broker_url) as queue:
+            single = await asyncio.to_thread(queue.enqueue_sync, "contract.add", [1, 2])
+            many = await queue.enqueue_many(JobSpec("contract.add", [i, i]) for i in range(50))
+            assert await queue.size() == 51
+            async with running(make_worker(get_worker_type("async"), queue, concurrency=10)):
+                assert await single.wait(timeout=15) == 3
+                assert [await h.wait(timeout=15) for h in many] == [2 * i for i in range(50)]
+
+    run(main)
+
+
+def test_pause_stops_new_starts_and_resume_restarts(broker_url: str, worker_type: type[BaseWorker], queue_name: str, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with opened(queue_name, broker_url) as queue:
+            async with running(make_worker(worker_type, queue, concurrency=2)) as worker:
+                await worker.pause()
+                jobs = [await queue.enqueue("contract.mark", [str(tmp_path), f"p{i}"]) for i in range(4)]
+                # An observation window: nothing may start while paused.
+                await asyncio.sleep(0.7)
+                assert not list(tmp_path.glob("p*"))
+                assert worker.stats.processed == 0
+                await worker.resume()
+                for job in jobs:
+                    await job.wait(timeout=15)
+                assert len(list(tmp_path.glob("p*"))) == 4
+
+    run(main)
+
+
+def test_graceful_shutdown_hands_back_prefetched_jobs(broker_url: str, queue_name: str, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with opened(queue_name, broker_url) as queue:
+            worker = make_worker(get_worker_type("sync"), queue, batch_size=5, shutdown_timeout=20)
+            slow = await queue.enqueue("contract.mark", [str(tmp_path), "slow", 1.0])
+            quick = [await queue.enqueue("contract.mark", [str(tmp_path), f"q{i}"]) for i in range(5)]
+            await worker.start()
+            await async_wait_until(lambda: list(tmp_path.glob("slow.*")), timeout=15)
+            await async_wait_until(lambda: worker._consumer is not None and worker._consumer.held >= 3, timeout=10)
+            await worker.shutdown()
+            assert (await queue.get_job(slow.id)).status == JobStatus.SUCCEEDED
+            assert not list(tmp_path.glob("q*")), "prefetched jobs must not have run"
+            assert await queue.size() == 5
+            async with running(make_worker(get_worker_type("async"), queue, concurrency=5)):
+                for job in quick:
+                    await job.wait(timeout=15)
+
+    run(main)
+
+
+def test_immediate_shutdown_hands_back_running_job(broker_url: str, queue_name: str, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with opened(queue_name, broker_url) as queue:
+            worker = make_worker(get_worker_type("thread"), queue, concurrency=1)
+            job = await queue.enqueue("contract.mark", [str(tmp_path), "long", 1.5])
+            await worker.start()
+            await async_wait_until(lambda: list(tmp_path.glob("long.*")), timeout=15)
+            await worker.shutdown(wait=False)
+            assert (await queue.get_job(job.id)).status == JobStatus.QUEUED
+            async with running(make_worker(get_worker_type("async"), queue)):
+                assert await job.wait(timeout=20) == "long"
+            assert len(list(tmp_path.glob("long.*"))) == 2
+
+    run(main)
+
+
+def test_delayed_job_runs_when_due(broker_url: str, queue_name: str) -> None:
+    async def main() -> None:
+        async with opened(queue_name, broker_url) as queue:
+            job = await queue.enqueue("contract.add", [20, 22], delay=1.0)
+            assert (await queue.get_job(job.id)).status == JobStatus.SCHEDULED
+            assert await queue.size() == 0
+            async with running(make_worker(get_worker_type("async"), queue, poll_interval=0.2)):
+                assert await job.wait(timeout=15) == 42
+            record = await queue.get_job(job.id)
+            assert record.started_at is not None and record.enqueued_at is not None
+            assert record.started_at - record.enqueued_at >= 1.0
+
+    run(main)
+
+
+@pytest.mark.parametrize("kind", ["embedded", "redis", "amqp"])
+def test_sigkilled_worker_job_is_delivered_again(kind: str, uno_home: Path, queue_name: str, tmp_path: Path) -> None:
+    url, cleanup = make_broker_url(kind, visibility_timeout=2.0)
+    env = {**os.environ, "PYTHONPATH": str(HERE), "UNO_JOBS_HOME": str(uno_home)}
+    cmd = [sys.executable, "-m", "uno_jobs.cli", "--log-level", "WARNING", "worker",
+           "--app", "contract_tasks", "--queue", queue_name, "--broker", url, "--type", "async"]
+    victims: list[subprocess.Popen[bytes]] = []
+
+    async def main() -> None:
+        async with opened(queue_name, url) as queue:
+            job = await queue.enqueue("contract.hold_first", [str(tmp_path), "victim", 60])
+            first = subprocess.Popen(cmd, env=env, cwd=REPO)
+            victims.append(first)
+            await async_wait_until(lambda: list(tmp_path.glob("victim.*")), timeout=20)
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+            second = subprocess.Popen(cmd, env=env, cwd=REPO)
+            victims.append(second)
+            assert await job.wait(timeout=30) == "victim"
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(20) == 0
+            record = await queue.get_job(job.id)
+            assert record.status == JobStatus.SUCCEEDED
+            assert record.worker_lost == 1
+            assert len(list(tmp_path.glob("victim.*"))) == 2
+
+    try:
+        run(main)
+    finally:
+        for proc in victims:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        cleanup()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["amqp://guest:guest@127.0.0.1:1//", "redis://127.0.0.1:1/0", "embedded:///proc/forbidden/x.db"],
+)
+def test_unreachable_broker_fails_fast(url: str, uno_home: Path, queue_name: str) -> None:
+    async def main() -> None:
+        queue = Queue(queue_name, broker_url=url, store_url="memory://")
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailableError) as info:
+            await queue.enqueue("contract.add", [1, 2], job_id="never-published")
+        assert time.monotonic() - started < 8
+        assert "guest:guest" not in str(info.value)
+        assert queue.store.get("never-published") is None, "a failed enqueue leaves no record"
+        worker = get_worker_type("async")(queue_name=queue_name, broker_url=url, store_url="memory://")
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailableError):
+            await worker.start()
+        assert time.monotonic() - started < 8
+        queue.close()
+
+    run(main)

@@ -1,0 +1,742 @@
+"""The embedded broker: a kombu virtual transport on one SQLite file.
+
+It needs no server, works across the processes of one machine, and loses no message when a
+consumer dies. Every message is a row. A consumer *claims* a row by leasing it (one
+``UPDATE … RETURNING`` statement, so two processes never claim the same row), acks by
+deleting it, and hands it back by clearing the lease. A consumer that is alive keeps
+extending the leases of the rows it holds from its polling loop; the rows of a consumer
+that died (even by SIGKILL) become available again when their lease runs out, after at most
+``visibility_timeout`` seconds. Nothing is copied on redelivery, so a message is never
+duplicated by the broker itself.
+
+kombu's own ``filesystem://`` and ``sqla+sqlite://`` transports keep unacknowledged messages
+in memory only, which is why this one exists.
+
+Use it through kombu::
+
+    Connection(transport=Transport, transport_options={"path": "/abs/broker.sqlite3"})
+
+Transport options (all but ``path`` optional):
+
+- ``path``: the SQLite file; its parent folders are created. Relative paths are made
+  absolute against the current folder.
+- ``visibility_timeout`` (seconds, default 30): how long a claimed row stays invisible to
+  other consumers without being extended.
+- ``polling_interval`` (seconds, default 0.05): sleep between empty polls.
+- ``busy_timeout`` (seconds, default 10): how long a statement waits for the write lock.
+- ``fetch_limit`` (default 10): the most rows claimed in one statement when the channel has
+  no prefetch limit; with a prefetch count, a poll claims up to the free part of it.
+- ``queue_order_strategy``: ``"priority"`` (default) polls the consumed queues in the order
+  they were consumed, first non-empty wins, as the Redis transport's option of that name;
+  ``"round_robin"`` rotates the starting queue.
+
+Exchanges and bindings are kept in memory per process, as with every kombu virtual
+transport, and also written to the file, so a process that publishes to an exchange it has
+not declared itself still finds the queues another process bound to it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Empty
+from typing import Any
+
+from kombu.transport import virtual
+from kombu.utils import json as kombu_json
+
+from uno_jobs.errors import ConfigurationError
+
+__all__ = [
+    "DEFAULT_BUSY_TIMEOUT",
+    "DEFAULT_FETCH_LIMIT",
+    "DEFAULT_POLLING_INTERVAL",
+    "DEFAULT_VISIBILITY_TIMEOUT",
+    "Channel",
+    "QoS",
+    "Transport",
+]
+
+log = logging.getLogger("uno_jobs.broker.embedded")
+
+DEFAULT_VISIBILITY_TIMEOUT = 30.0
+DEFAULT_POLLING_INTERVAL = 0.05
+DEFAULT_BUSY_TIMEOUT = 10.0
+DEFAULT_FETCH_LIMIT = 10
+# One claim statement never takes more rows than this, whatever the prefetch window.
+_MAX_FETCH = 500
+_ORDER_STRATEGIES = ("priority", "round_robin")
+_MAX_RECLAIM_INTERVAL = 1.0
+
+# Delivery-info keys this transport adds to every message it hands out.
+ROW_ID_KEY = "uno_row_id"
+LEASE_OWNER_KEY = "uno_lease_owner"
+DELIVERY_COUNT_KEY = "uno_delivery_count"
+
+_SCHEMA = """
+BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS broker_messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a stale ack cannot hit a new row
+    queue TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    lease_until REAL,                      -- NULL: available; else claimed until this time
+    lease_owner TEXT,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    enqueued_at REAL NOT NULL
+);
+-- Rowids end every index, so (queue, NULL) is read in id order: oldest available first.
+-- Expired leases (lease_until < now) are a range on the same index.
+CREATE INDEX IF NOT EXISTS broker_messages_ready ON broker_messages (queue, lease_until);
+CREATE TABLE IF NOT EXISTS broker_queues (name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS broker_bindings (
+    exchange TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    exchange_type TEXT NOT NULL,
+    durable INTEGER NOT NULL,
+    auto_delete INTEGER NOT NULL,
+    arguments TEXT NOT NULL,
+    PRIMARY KEY (exchange, routing_key, queue)
+) WITHOUT ROWID;
+COMMIT;
+"""
+
+# The oldest available rows of a queue. Expired leases are first cleared by
+# ``_MessageTable.reclaim`` (so they keep their place in line); folding them in here as a
+# second branch would make every claim several times slower.
+_READY_IDS = """
+    SELECT id FROM broker_messages
+    WHERE queue = :queue AND lease_until IS NULL ORDER BY id LIMIT :limit
+"""
+_CLAIM = f"""
+    UPDATE broker_messages
+    SET lease_until = :until, lease_owner = :owner, deliveries = deliveries + 1
+    WHERE id IN ({_READY_IDS})
+    RETURNING id, payload, deliveries
+"""
+_TAKE = f"""
+    DELETE FROM broker_messages WHERE id IN ({_READY_IDS})
+    RETURNING id, payload, deliveries + 1
+"""
+_AVAILABLE = "queue = ? AND (lease_until IS NULL OR lease_until < ?)"
+_OWNED_IDS = "lease_owner = ? AND id IN (SELECT value FROM json_each(?))"
+
+Row = tuple[int, str, int]
+
+# kombu's virtual transport is unannotated; its classes are taken as Any so that strict
+# mypy checks this module's code rather than kombu's.
+_VirtualQoS: Any = virtual.QoS
+_VirtualChannel: Any = virtual.Channel
+_VirtualTransport: Any = virtual.Transport
+# kombu's JSON keeps the payload as the Redis transport stores it (bytes, dates, UUIDs).
+kombu_dumps: Callable[[Any], str] = kombu_json.dumps
+_kombu_loads: Callable[[str], Any] = kombu_json.loads
+
+
+def kombu_loads(text: str) -> Any:
+    # kombu's object hook costs a third of a delivery; only payloads that carry one of its
+    # tagged values ({"__type__": ...}) need it.
+    return _kombu_loads(text) if '"__type__"' in text else json.loads(text)
+
+
+@dataclass(frozen=True)
+class _Options:
+    path: str
+    visibility_timeout: float
+    polling_interval: float
+    busy_timeout: float
+    fetch_limit: int
+    queue_order_strategy: str
+
+
+def _number(options: Mapping[str, Any], name: str, default: float, minimum: float) -> float:
+    value = options.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigurationError(f"embedded broker: transport option {name!r} must be a number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigurationError(
+            f"embedded broker: transport option {name!r} must be a number, not {value!r}"
+        ) from None
+    if not number >= minimum:
+        raise ConfigurationError(
+            f"embedded broker: transport option {name!r} must be at least {minimum:g}, "
+            f"not {value!r}"
+        )
+    return number
+
+
+def _parse_options(options: Mapping[str, Any]) -> _Options:
+    path = options.get("path")
+    if not path or not isinstance(path, (str, os.PathLike)):
+        raise ConfigurationError(
+            "embedded broker: transport option 'path' is required "
+            "(the SQLite file that holds the queues)"
+        )
+    strategy = options.get("queue_order_strategy") or "priority"
+    if strategy not in _ORDER_STRATEGIES:
+        raise ConfigurationError(
+            f"embedded broker: transport option 'queue_order_strategy' must be one of "
+            f"{', '.join(_ORDER_STRATEGIES)}, not {strategy!r}"
+        )
+    visibility = _number(options, "visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT, 0.001)
+    return _Options(
+        path=os.path.abspath(os.path.expanduser(os.fspath(path))),
+        visibility_timeout=visibility,
+        polling_interval=_number(options, "polling_interval", DEFAULT_POLLING_INTERVAL, 0.0),
+        busy_timeout=_number(options, "busy_timeout", DEFAULT_BUSY_TIMEOUT, 0.001),
+        fetch_limit=int(_number(options, "fetch_limit", DEFAULT_FETCH_LIMIT, 1)),
+        queue_order_strategy=str(strategy),
+    )
+
+
+def _json_ids(row_ids: Iterable[int]) -> str:
+    return json.dumps(list(row_ids))
+
+
+class _MessageTable:
+    """The SQL of the transport, on one sqlite3 connection.
+
+    The connection belongs to one channel. A lock serialises it anyway, because kombu may
+    ack from another thread and runs QoS finalizers at interpreter exit.
+    """
+
+    def __init__(self, path: str, busy_timeout: float) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: every statement commits on its own unless wrapped in an
+        # explicit BEGIN IMMEDIATE, which takes the write lock up front (a deferred
+        # transaction that reads first can fail with SQLITE_BUSY instead of waiting).
+        self._db = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        self._lock = threading.Lock()
+        self.closed = False
+        try:
+            self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            # In WAL mode NORMAL loses no committed transaction on a process crash; only an
+            # OS crash or power cut may drop the last ones.
+            self._db.execute("PRAGMA synchronous = NORMAL")
+            self._db.executescript(_SCHEMA)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            if not self.closed:
+                self.closed = True
+                self._db.close()
+
+    def _run(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, params)
+
+    def _rows(self, sql: str, params: Any) -> list[Any]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def put(self, queue: str, payload: str) -> None:
+        self._run(
+            "INSERT INTO broker_messages (queue, payload, enqueued_at) VALUES (?, ?, ?)",
+            (queue, payload, time.time()),
+        )
+
+    def claim(self, queue: str, owner: str, lease_seconds: float, limit: int) -> list[Row]:
+        until = time.time() + lease_seconds
+        params = {"queue": queue, "limit": limit, "until": until, "owner": owner}
+        return sorted(self._rows(_CLAIM, params))
+
+    def take(self, queue: str, limit: int) -> list[Row]:
+        return sorted(self._rows(_TAKE, {"queue": queue, "limit": limit}))
+
+    def reclaim(self, queue: str) -> int:
+        """Make the rows of ``queue`` whose lease ran out available again."""
+        sql = (
+            "UPDATE broker_messages SET lease_until = NULL, lease_owner = NULL"
+            " WHERE queue = ? AND lease_until < ?"
+        )
+        return self._run(sql, (queue, time.time())).rowcount
+
+    def delete(self, row_id: int) -> None:
+        self._run("DELETE FROM broker_messages WHERE id = ?", (row_id,))
+
+    def release(self, row_ids: Iterable[int], owner: str) -> int:
+        sql = (
+            f"UPDATE broker_messages SET lease_until = NULL, lease_owner = NULL WHERE {_OWNED_IDS}"
+        )
+        return self._run(sql, (owner, _json_ids(row_ids))).rowcount
+
+    def extend(self, row_ids: Iterable[int], owner: str, lease_seconds: float) -> set[int]:
+        sql = f"UPDATE broker_messages SET lease_until = ? WHERE {_OWNED_IDS} RETURNING id"
+        rows = self._rows(sql, (time.time() + lease_seconds, owner, _json_ids(row_ids)))
+        return {row[0] for row in rows}
+
+    def count(self, queue: str, available: bool) -> int:
+        where = _AVAILABLE if available else f"queue = ? AND NOT ({_AVAILABLE})"
+        sql = f"SELECT count(*) FROM broker_messages WHERE {where}"
+        params = (queue, time.time()) if available else (queue, queue, time.time())
+        return int(self._rows(sql, params)[0][0])
+
+    def purge(self, queue: str) -> int:
+        sql = f"DELETE FROM broker_messages WHERE {_AVAILABLE}"
+        return self._run(sql, (queue, time.time())).rowcount
+
+    def drop_queue(self, queue: str) -> None:
+        with self._lock:
+            self._db.executescript("BEGIN IMMEDIATE")
+            try:
+                for table, column in (
+                    ("broker_messages", "queue"),
+                    ("broker_queues", "name"),
+                    ("broker_bindings", "queue"),
+                ):
+                    self._db.execute(f"DELETE FROM {table} WHERE {column} = ?", (queue,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def declare_queue(self, queue: str) -> None:
+        self._run("INSERT OR IGNORE INTO broker_queues (name) VALUES (?)", (queue,))
+
+    def has_queue(self, queue: str) -> bool:
+        sql = (
+            "SELECT EXISTS (SELECT 1 FROM broker_queues WHERE name = ?)"
+            " OR EXISTS (SELECT 1 FROM broker_messages WHERE queue = ?)"
+        )
+        return bool(self._rows(sql, (queue, queue))[0][0])
+
+    def save_binding(
+        self, exchange: str, routing_key: str, queue: str, spec: Mapping[str, Any]
+    ) -> None:
+        self._run(
+            "INSERT OR REPLACE INTO broker_bindings VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                exchange,
+                routing_key,
+                queue,
+                spec.get("type") or "direct",
+                int(bool(spec.get("durable"))),
+                int(bool(spec.get("auto_delete"))),
+                kombu_dumps(spec.get("arguments") or {}),
+            ),
+        )
+
+    def unbind(self, exchange: str, routing_key: str, queue: str) -> None:
+        self._run(
+            "DELETE FROM broker_bindings WHERE exchange = ? AND routing_key = ? AND queue = ?",
+            (exchange, routing_key, queue),
+        )
+
+    def forget_exchange(self, exchange: str) -> None:
+        self._run("DELETE FROM broker_bindings WHERE exchange = ?", (exchange,))
+
+    def load_bindings(self, exchange: str) -> list[Any]:
+        return self._rows(
+            "SELECT routing_key, queue, exchange_type, durable, auto_delete, arguments"
+            " FROM broker_bindings WHERE exchange = ?",
+            (exchange,),
+        )
+
+
+class QoS(_VirtualQoS):  # type: ignore[misc]
+    """Prefetch accounting as kombu's, with acks and rejects done on the rows.
+
+    ``ack`` and ``reject(requeue=False)`` delete the row; ``reject(requeue=True)`` and
+    ``restore_unacked`` clear leases, so the very same row is available again at once.
+    Nothing is ever re-inserted, so a handed-back message is never duplicated.
+    """
+
+    def ack(self, delivery_tag: str) -> None:
+        self._settle(delivery_tag, requeue=False)
+        super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        self._settle(delivery_tag, requeue=requeue)
+        # The base class would re-publish a copy on requeue; marking the tag done is all
+        # that is left to do here.
+        super().ack(delivery_tag)
+
+    def restore_unacked(self) -> list[Any]:
+        """Hand back every message this channel holds: their leases are cleared."""
+        self._flush()
+        self._delivered.clear()
+        self.channel.release_held()
+        return []
+
+    def _settle(self, delivery_tag: str, requeue: bool) -> None:
+        message = self._delivered.get(delivery_tag)
+        if message is None:
+            return
+        info = message.delivery_info
+        self.channel.settle(info[ROW_ID_KEY], info.get(LEASE_OWNER_KEY), requeue=requeue)
+
+
+class Channel(_VirtualChannel):  # type: ignore[misc]
+    """A kombu virtual channel whose queues are rows of one SQLite table.
+
+    Each channel has its own sqlite3 connection and a random lease-owner token; it is used
+    by the thread that owns the kombu connection (acks from another thread are serialised).
+    """
+
+    QoS = QoS
+
+    def __init__(self, connection: Any, **kwargs: Any) -> None:
+        options: _Options = connection.options
+        self._options = options
+        self._table = _MessageTable(options.path, options.busy_timeout)
+        try:
+            super().__init__(connection, **kwargs)
+        except BaseException:
+            self._table.close()
+            raise
+        self._owner = f"{os.getpid()}.{secrets.token_hex(6)}"
+        self._held: dict[int, None] = {}  # claimed, not yet acked or handed back (ordered)
+        self._no_ack_queues: set[str] = set()
+        self._extend_every = options.visibility_timeout / 3
+        self._next_extend = time.monotonic() + self._extend_every
+        # How often a queue is swept for expired leases: this bounds how late past its
+        # visibility timeout a dead consumer's message becomes available.
+        self._reclaim_every = min(_MAX_RECLAIM_INTERVAL, options.visibility_timeout / 4)
+        self._next_reclaim: dict[str, float] = {}
+        self._rotation = 0
+
+    @property
+    def lease_owner(self) -> str:
+        """The token that marks the rows this channel has claimed."""
+        return self._owner
+
+    # -- leases ------------------------------------------------------------------------
+
+    def extend_leases(self) -> int:
+        """Push back the lease of every message this channel holds unacknowledged.
+
+        Polling (``drain_events``, ``basic_get``) calls this every third of the visibility
+        timeout; call it yourself if the owning thread stops polling for longer than that.
+
+        Returns:
+            How many leases were extended.
+        """
+        self._next_extend = time.monotonic() + self._extend_every
+        held = list(self._held)
+        if not held or self._table.closed:
+            return 0
+        kept = self._table.extend(held, self._owner, self._options.visibility_timeout)
+        for row_id in held:
+            if row_id not in kept and row_id in self._held:
+                del self._held[row_id]
+                log.warning(
+                    "embedded broker: lost the lease of message row %d (held past the "
+                    "visibility timeout without polling?); it may run twice",
+                    row_id,
+                )
+        return len(kept)
+
+    def release_held(self) -> int:
+        """Hand back every message this channel holds; they are available again at once.
+
+        Returns:
+            How many rows were handed back.
+        """
+        held = list(self._held)
+        self._held.clear()
+        if not held or self._table.closed:
+            return 0
+        return self._table.release(held, self._owner)
+
+    def settle(self, row_id: int, owner: str | None, requeue: bool) -> None:
+        """Delete a row (ack, or reject without requeue) or clear its lease (requeue).
+
+        Args:
+            row_id: The message row (``delivery_info['uno_row_id']``).
+            owner: The lease owner that claimed it (``delivery_info['uno_lease_owner']``).
+            requeue: Clear the lease instead of deleting the row.
+        """
+        if self._table.closed:
+            log.debug("embedded broker: ignoring a settle of row %d on a closed channel", row_id)
+            return
+        if requeue:
+            if owner is not None:
+                self._table.release([row_id], owner)
+        else:
+            self._table.delete(row_id)
+        if owner == self._owner:
+            self._held.pop(row_id, None)
+            return
+        # kombu may reject a message through another channel of the same connection.
+        channels = self.connection.channels if self.connection is not None else []
+        for channel in list(channels):
+            if isinstance(channel, Channel):
+                channel._held.pop(row_id, None)
+
+    def leased_count(self, queue: str) -> int:
+        """How many messages of ``queue`` are claimed by a consumer and not yet acked."""
+        return self._table.count(queue, available=False)
+
+    def _keep_leases(self) -> None:
+        if self._held and time.monotonic() >= self._next_extend:
+            self.extend_leases()
+
+    # -- claiming ----------------------------------------------------------------------
+
+    def _claim(self, queue: str, limit: int, auto_ack: bool | None = None) -> list[Any]:
+        self._keep_leases()
+        now = time.monotonic()
+        if now >= self._next_reclaim.get(queue, 0.0):
+            self._next_reclaim[queue] = now + self._reclaim_every
+            reclaimed = self._table.reclaim(queue)
+            if reclaimed:
+                log.info("embedded broker: %d expired lease(s) on queue %r", reclaimed, queue)
+        if auto_ack is None:
+            auto_ack = queue in self._no_ack_queues
+        if auto_ack:
+            rows = self._table.take(queue, limit)
+        else:
+            rows = self._table.claim(queue, self._owner, self._options.visibility_timeout, limit)
+        payloads = []
+        for row_id, text, deliveries in rows:
+            if not auto_ack:
+                self._held[row_id] = None
+            payload = self._decode(queue, row_id, text, deliveries, auto_ack)
+            if payload is not None:
+                payloads.append(payload)
+        return payloads
+
+    def _decode(self, queue: str, row_id: int, text: str, deliveries: int, auto_ack: bool) -> Any:
+        try:
+            payload = kombu_loads(text)
+            properties = payload["properties"]
+            info = properties.setdefault("delivery_info", {})
+        except (ValueError, TypeError, KeyError, AttributeError):
+            # It can never be delivered; keeping it would stall or loop the queue.
+            log.error(
+                "embedded broker: deleting undecodable message row %d of queue %r: %.1000r",
+                row_id,
+                queue,
+                text,
+            )
+            self.settle(row_id, self._owner, requeue=False)
+            return None
+        info[ROW_ID_KEY] = row_id
+        info[LEASE_OWNER_KEY] = None if auto_ack else self._owner
+        info[DELIVERY_COUNT_KEY] = deliveries
+        info["redelivered"] = deliveries > 1
+        # One tag per delivery, as AMQP does, so two deliveries of a row never collide.
+        properties["delivery_tag"] = f"{self._owner}.{row_id}.{deliveries}"
+        return payload
+
+    def _fetch_window(self) -> int:
+        free = self.qos.can_consume_max_estimate()
+        limit = self._options.fetch_limit if free is None else free
+        return max(1, min(limit, _MAX_FETCH))
+
+    def _poll_order(self) -> list[str]:
+        queues = list(dict.fromkeys(self._active_queues))
+        if self._options.queue_order_strategy == "round_robin" and len(queues) > 1:
+            start = self._rotation % len(queues)
+            self._rotation += 1
+            queues = queues[start:] + queues[:start]
+        return queues
+
+    def _hand_out(self, payloads: list[Any], queue: str, deliver: Callable[..., Any]) -> None:
+        for index, payload in enumerate(payloads):
+            try:
+                deliver(payload, queue)
+            except BaseException:
+                rest = [p["properties"]["delivery_info"][ROW_ID_KEY] for p in payloads[index + 1 :]]
+                for row_id in rest:
+                    self._held.pop(row_id, None)
+                if rest and not self._table.closed and queue not in self._no_ack_queues:
+                    self._table.release(rest, self._owner)
+                raise
+
+    # -- kombu virtual channel API -------------------------------------------------------
+
+    def drain_events(self, timeout: float | None = None, callback: Any = None) -> None:
+        """Claim up to the free prefetch window from the first non-empty queue, deliver it.
+
+        Raises:
+            queue.Empty: Nothing to consume, or the prefetch window is full.
+        """
+        self._keep_leases()
+        if not self._consumers or not self.qos.can_consume():
+            raise Empty()
+        deliver = callback or self.connection._deliver
+        limit = self._fetch_window()
+        for queue in self._poll_order():
+            payloads = self._claim(queue, limit)
+            if payloads:
+                self._hand_out(payloads, queue, deliver)
+                return
+        raise Empty()
+
+    def basic_consume(
+        self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any
+    ) -> Any:
+        if no_ack:
+            self._no_ack_queues.add(queue)
+        return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+
+    def basic_cancel(self, consumer_tag: str) -> Any:
+        result = super().basic_cancel(consumer_tag)
+        self._no_ack_queues.intersection_update(self._active_queues)
+        return result
+
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        payloads = self._claim(queue, 1, auto_ack=no_ack)
+        if not payloads:
+            return None
+        message = self.Message(payloads[0], channel=self)
+        if not no_ack:
+            self.qos.append(message, message.delivery_tag)
+        return message
+
+    def _get(self, queue: str, timeout: float | None = None) -> Any:
+        payloads = self._claim(queue, 1)
+        if not payloads:
+            raise Empty()
+        return payloads[0]
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        self._table.put(queue, kombu_dumps(message))
+
+    def _size(self, queue: str) -> int:
+        """Messages of ``queue`` available now (claimed ones: ``leased_count``)."""
+        return self._table.count(queue, available=True)
+
+    def _purge(self, queue: str) -> int:
+        """Delete the available messages of ``queue``; claimed ones are left alone."""
+        return self._table.purge(queue)
+
+    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        self._table.drop_queue(queue)
+
+    def _new_queue(self, queue: str, **kwargs: Any) -> None:
+        self._table.declare_queue(queue)
+
+    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
+        return self._table.has_queue(queue)
+
+    def queue_delete(
+        self, queue: str, if_unused: bool = False, if_empty: bool = False, **kwargs: Any
+    ) -> None:
+        if if_empty and self._size(queue):
+            return
+        for exchange, routing_key, arguments in list(self.state.queue_bindings(queue)):
+            self.queue_unbind(queue, exchange, routing_key, arguments)
+        self._delete(queue)
+
+    def queue_bind(
+        self,
+        queue: str,
+        exchange: str | None = None,
+        routing_key: str = "",
+        arguments: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        exchange = exchange or "amq.direct"
+        known = self.state.has_binding(queue, exchange, routing_key)
+        super().queue_bind(queue, exchange, routing_key, arguments, **kwargs)
+        if not known:
+            spec = self.state.exchanges[exchange]
+            self._table.save_binding(exchange, routing_key, queue, spec)
+
+    def queue_unbind(
+        self,
+        queue: str,
+        exchange: str | None = None,
+        routing_key: str = "",
+        arguments: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().queue_unbind(queue, exchange, routing_key, arguments, **kwargs)
+        self._table.unbind(exchange or "amq.direct", routing_key, queue)
+
+    def exchange_delete(self, exchange: str, if_unused: bool = False, nowait: bool = False) -> None:
+        if exchange in self.state.exchanges:
+            for _, _, queue in list(self.get_table(exchange)):
+                self.queue_delete(queue, if_unused=True, if_empty=True)
+            self.state.exchanges.pop(exchange, None)
+        self._table.forget_exchange(exchange)
+
+    def _lookup(self, exchange: str, routing_key: str, default: Any = None) -> Any:
+        if exchange and not self._known_routes(exchange, routing_key):
+            self._load_bindings(exchange)
+        return super()._lookup(exchange, routing_key, default)
+
+    def _known_routes(self, exchange: str, routing_key: str) -> Any:
+        try:
+            table = self.get_table(exchange)
+        except KeyError:
+            return ()
+        return self.typeof(exchange).lookup(table, exchange, routing_key, None)
+
+    def _load_bindings(self, exchange: str) -> None:
+        """Learn the bindings other processes declared on ``exchange``."""
+        for routing_key, queue, kind, durable, auto_delete, arguments in self._table.load_bindings(
+            exchange
+        ):
+            self.state.exchanges.setdefault(
+                exchange,
+                {
+                    "type": kind,
+                    "durable": bool(durable),
+                    "auto_delete": bool(auto_delete),
+                    "arguments": kombu_loads(arguments),
+                    "table": [],
+                },
+            )
+            if not self.state.has_binding(queue, exchange, routing_key):
+                super().queue_bind(queue, exchange, routing_key)
+
+    def close(self) -> None:
+        """Close the channel: cancel consumers, hand back held messages, close the file."""
+        first = not self.closed
+        try:
+            super().close()
+        finally:
+            if first:
+                try:
+                    self.release_held()
+                finally:
+                    self._table.close()
+
+
+class Transport(_VirtualTransport):  # type: ignore[misc]
+    """The embedded broker's kombu transport (see the module docstring for its options).
+
+    Raises:
+        ConfigurationError: A transport option is missing or invalid (named in the message).
+    """
+
+    Channel = Channel
+    polling_interval = DEFAULT_POLLING_INTERVAL
+    driver_type = "sqlite"
+    driver_name = "sqlite3"
+    # "database is locked" past the busy timeout, or a file that cannot be opened: kombu's
+    # retry and reconnect machinery handles these as it handles a lost socket.
+    connection_errors: tuple[type[BaseException], ...] = (
+        *virtual.Transport.connection_errors,
+        sqlite3.OperationalError,
+    )
+
+    def __init__(self, client: Any, **kwargs: Any) -> None:
+        self.options = _parse_options(client.transport_options or {})
+        super().__init__(client, **kwargs)
+        self.polling_interval = self.options.polling_interval
+
+    def driver_version(self) -> str:
+        """The version of the SQLite library in use."""
+        return sqlite3.sqlite_version
