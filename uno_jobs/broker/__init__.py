@@ -85,11 +85,11 @@ class Broker:
             out: dict[str, int] = {}
             for name in names:
                 bound = kombu_queue(name)(channel)
+                bound.declare()
                 if delete:
                     bound.delete()
                     bound.exchange.delete()
                     continue
-                bound.declare()
                 if purge:
                     out[name] = int(bound.purge() or 0)
                 else:

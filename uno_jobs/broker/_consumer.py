@@ -80,6 +80,9 @@ class ConsumerThread(threading.Thread):
         self._on_delivery = on_delivery
         self._commands: deque[Callable[[], None]] = deque()
         self._held: dict[int, Any] = {}
+        # AMQP acks of one command round, sent together (``multiple`` where possible).
+        self._acks: list[Any] = []
+        self._batch_acks = spec.kind == "amqp"
         self._next_tag = 0
         self._stopping = threading.Event()
         self._consuming_wanted = True
@@ -186,6 +189,26 @@ class ConsumerThread(threading.Thread):
         commands = self._commands
         while commands:
             commands.popleft()()
+        if self._acks:
+            self._flush_acks()
+
+    def _flush_acks(self) -> None:
+        """Send this round's AMQP acks: one ``multiple`` ack below the oldest held tag.
+
+        A ``multiple`` ack of tag T settles every delivery up to T on the channel, so it
+        may only cover tags lower than every message still held unacknowledged.
+        """
+        acks, self._acks = self._acks, []
+        tags = sorted(m.delivery_tag for m in acks)
+        oldest_held = min((m.delivery_tag for m in self._held.values()), default=None)
+        channel = acks[0].channel
+        covered = [t for t in tags if oldest_held is None or t < oldest_held]
+        if len(covered) > 1:
+            channel.basic_ack(covered[-1], multiple=True)
+        elif covered:
+            channel.basic_ack(covered[0])
+        for tag in tags[len(covered):]:
+            channel.basic_ack(tag)
 
     def _connect(self) -> None:
         conn = self.spec.connection()
@@ -203,6 +226,12 @@ class ConsumerThread(threading.Thread):
             channel, queues=queues, callbacks=[self._receive], accept=None, no_ack=False
         )
         self._consumer.qos(prefetch_count=self._prefetch)
+        if self.spec.kind == "amqp":
+            # py-amqp sets and restores the socket timeout around every frame read unless
+            # it already equals the one asked for: make the tick the socket's own timeout.
+            sock = getattr(getattr(conn.connection, "transport", None), "sock", None)
+            if sock is not None:
+                sock.settimeout(_TICK_SECONDS)
         self._session = PublishSession(self.spec, connection=conn)
         if self._consuming_wanted:
             self._consumer.consume()
@@ -210,7 +239,8 @@ class ConsumerThread(threading.Thread):
 
     def _drop_connection(self) -> None:
         self.connected = False
-        self._held.clear()  # the broker redelivers them; late acks become no-ops
+        self._held.clear()
+        self._acks.clear()  # the broker redelivers them; late acks become no-ops
         self._consumer = None
         if self._session is not None:
             self._session.close()
@@ -249,7 +279,10 @@ class ConsumerThread(threading.Thread):
             return  # held before a reconnect: the broker has it again
         self.last_activity = time.monotonic()
         if ack:
-            message.ack()
+            if self._batch_acks:
+                self._acks.append(message)
+            else:
+                message.ack()
         else:
             message.reject(requeue=requeue)
 

@@ -26,13 +26,14 @@ Transport options (all but ``path`` optional):
 - ``busy_timeout`` (seconds, default 10): how long a statement waits for the write lock.
 - ``fetch_limit`` (default 10): the most rows claimed in one statement when the channel has
   no prefetch limit; with a prefetch count, a poll claims up to the free part of it.
-- ``queue_order_strategy``: ``"priority"`` (default) polls the consumed queues in the order
-  they were consumed, first non-empty wins, as the Redis transport's option of that name;
-  ``"round_robin"`` rotates the starting queue.
 
-Exchanges and bindings are kept in memory per process, as with every kombu virtual
-transport, and also written to the file, so a process that publishes to an exchange it has
-not declared itself still finds the queues another process bound to it.
+A consumer of several queues polls them in the order it started consuming them and takes
+from the first that has messages, like the Redis transport with
+``queue_order_strategy="priority"``: uno_jobs consumes its priority levels critical first.
+
+Exchanges and bindings live in memory per process, as with every kombu virtual transport:
+a process declares the queues it publishes to (uno_jobs always does). Publishing to an
+exchange this process never declared raises, as AMQP does, instead of dropping the message.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from pathlib import Path
 from queue import Empty
 from typing import Any
 
+from kombu.exceptions import ChannelError
 from kombu.transport import virtual
 from kombu.utils import json as kombu_json
 
@@ -60,6 +62,9 @@ __all__ = [
     "DEFAULT_FETCH_LIMIT",
     "DEFAULT_POLLING_INTERVAL",
     "DEFAULT_VISIBILITY_TIMEOUT",
+    "DELIVERY_COUNT_KEY",
+    "LEASE_OWNER_KEY",
+    "ROW_ID_KEY",
     "Channel",
     "QoS",
     "Transport",
@@ -73,7 +78,6 @@ DEFAULT_BUSY_TIMEOUT = 10.0
 DEFAULT_FETCH_LIMIT = 10
 # One claim statement never takes more rows than this, whatever the prefetch window.
 _MAX_FETCH = 500
-_ORDER_STRATEGIES = ("priority", "round_robin")
 _MAX_RECLAIM_INTERVAL = 1.0
 
 # Delivery-info keys this transport adds to every message it hands out.
@@ -96,16 +100,6 @@ CREATE TABLE IF NOT EXISTS broker_messages (
 -- Expired leases (lease_until < now) are a range on the same index.
 CREATE INDEX IF NOT EXISTS broker_messages_ready ON broker_messages (queue, lease_until);
 CREATE TABLE IF NOT EXISTS broker_queues (name TEXT PRIMARY KEY) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS broker_bindings (
-    exchange TEXT NOT NULL,
-    routing_key TEXT NOT NULL,
-    queue TEXT NOT NULL,
-    exchange_type TEXT NOT NULL,
-    durable INTEGER NOT NULL,
-    auto_delete INTEGER NOT NULL,
-    arguments TEXT NOT NULL,
-    PRIMARY KEY (exchange, routing_key, queue)
-) WITHOUT ROWID;
 COMMIT;
 """
 
@@ -129,7 +123,7 @@ _TAKE = f"""
 _AVAILABLE = "queue = ? AND (lease_until IS NULL OR lease_until < ?)"
 _OWNED_IDS = "lease_owner = ? AND id IN (SELECT value FROM json_each(?))"
 
-Row = tuple[int, str, int]
+_Row = tuple[int, str, int]
 
 # kombu's virtual transport is unannotated; its classes are taken as Any so that strict
 # mypy checks this module's code rather than kombu's.
@@ -137,14 +131,14 @@ _VirtualQoS: Any = virtual.QoS
 _VirtualChannel: Any = virtual.Channel
 _VirtualTransport: Any = virtual.Transport
 # kombu's JSON keeps the payload as the Redis transport stores it (bytes, dates, UUIDs).
-kombu_dumps: Callable[[Any], str] = kombu_json.dumps
-_kombu_loads: Callable[[str], Any] = kombu_json.loads
+_dumps: Callable[[Any], str] = kombu_json.dumps
+_kombu_json_loads: Callable[[str], Any] = kombu_json.loads
 
 
-def kombu_loads(text: str) -> Any:
+def _loads(text: str) -> Any:
     # kombu's object hook costs a third of a delivery; only payloads that carry one of its
     # tagged values ({"__type__": ...}) need it.
-    return _kombu_loads(text) if '"__type__"' in text else json.loads(text)
+    return _kombu_json_loads(text) if '"__type__"' in text else json.loads(text)
 
 
 @dataclass(frozen=True)
@@ -154,25 +148,20 @@ class _Options:
     polling_interval: float
     busy_timeout: float
     fetch_limit: int
-    queue_order_strategy: str
 
 
 def _number(options: Mapping[str, Any], name: str, default: float, minimum: float) -> float:
     value = options.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigurationError(f"embedded broker: transport option {name!r} must be a number")
     try:
         number = float(value)
-    except ValueError:
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not number >= minimum:  # NaN fails the comparison
         raise ConfigurationError(
-            f"embedded broker: transport option {name!r} must be a number, not {value!r}"
-        ) from None
-    if not number >= minimum:
-        raise ConfigurationError(
-            f"embedded broker: transport option {name!r} must be at least {minimum:g}, "
-            f"not {value!r}"
+            f"embedded broker: transport option {name!r} must be a number of at least "
+            f"{minimum:g}, not {value!r}"
         )
     return number
 
@@ -184,20 +173,14 @@ def _parse_options(options: Mapping[str, Any]) -> _Options:
             "embedded broker: transport option 'path' is required "
             "(the SQLite file that holds the queues)"
         )
-    strategy = options.get("queue_order_strategy") or "priority"
-    if strategy not in _ORDER_STRATEGIES:
-        raise ConfigurationError(
-            f"embedded broker: transport option 'queue_order_strategy' must be one of "
-            f"{', '.join(_ORDER_STRATEGIES)}, not {strategy!r}"
-        )
-    visibility = _number(options, "visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT, 0.001)
     return _Options(
         path=os.path.abspath(os.path.expanduser(os.fspath(path))),
-        visibility_timeout=visibility,
+        visibility_timeout=_number(
+            options, "visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT, 0.001
+        ),
         polling_interval=_number(options, "polling_interval", DEFAULT_POLLING_INTERVAL, 0.0),
         busy_timeout=_number(options, "busy_timeout", DEFAULT_BUSY_TIMEOUT, 0.001),
         fetch_limit=int(_number(options, "fetch_limit", DEFAULT_FETCH_LIMIT, 1)),
-        queue_order_strategy=str(strategy),
     )
 
 
@@ -223,8 +206,7 @@ class _MessageTable:
         self._lock = threading.Lock()
         self.closed = False
         try:
-            self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            self._db.execute("PRAGMA journal_mode = WAL")
+            self._use_wal(busy_timeout)
             # In WAL mode NORMAL loses no committed transaction on a process crash; only an
             # OS crash or power cut may drop the last ones.
             self._db.execute("PRAGMA synchronous = NORMAL")
@@ -232,6 +214,21 @@ class _MessageTable:
         except BaseException:
             self._db.close()
             raise
+
+    def _use_wal(self, busy_timeout: float) -> None:
+        # Switching a new file to WAL while other processes open it can fail with "database
+        # is locked" without SQLite's busy handler being consulted: retry until the timeout.
+        deadline = time.monotonic() + busy_timeout
+        while True:
+            try:
+                mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
+        if str(mode).lower() != "wal":
+            log.warning("embedded broker: SQLite refused WAL mode (journal_mode=%s)", mode)
 
     def close(self) -> None:
         with self._lock:
@@ -253,12 +250,14 @@ class _MessageTable:
             (queue, payload, time.time()),
         )
 
-    def claim(self, queue: str, owner: str, lease_seconds: float, limit: int) -> list[Row]:
+    def claim(self, queue: str, owner: str, lease_seconds: float, limit: int) -> list[_Row]:
+        # Leases use the wall clock: every process on the machine shares it and it goes on
+        # across a reboot, where a monotonic clock would restart and strand old leases.
         until = time.time() + lease_seconds
         params = {"queue": queue, "limit": limit, "until": until, "owner": owner}
         return sorted(self._rows(_CLAIM, params))
 
-    def take(self, queue: str, limit: int) -> list[Row]:
+    def take(self, queue: str, limit: int) -> list[_Row]:
         return sorted(self._rows(_TAKE, {"queue": queue, "limit": limit}))
 
     def reclaim(self, queue: str) -> int:
@@ -284,10 +283,9 @@ class _MessageTable:
         return {row[0] for row in rows}
 
     def count(self, queue: str, available: bool) -> int:
-        where = _AVAILABLE if available else f"queue = ? AND NOT ({_AVAILABLE})"
+        where = _AVAILABLE if available else "queue = ? AND lease_until >= ?"
         sql = f"SELECT count(*) FROM broker_messages WHERE {where}"
-        params = (queue, time.time()) if available else (queue, queue, time.time())
-        return int(self._rows(sql, params)[0][0])
+        return int(self._rows(sql, (queue, time.time()))[0][0])
 
     def purge(self, queue: str) -> int:
         sql = f"DELETE FROM broker_messages WHERE {_AVAILABLE}"
@@ -295,14 +293,10 @@ class _MessageTable:
 
     def drop_queue(self, queue: str) -> None:
         with self._lock:
-            self._db.executescript("BEGIN IMMEDIATE")
+            self._db.execute("BEGIN IMMEDIATE")
             try:
-                for table, column in (
-                    ("broker_messages", "queue"),
-                    ("broker_queues", "name"),
-                    ("broker_bindings", "queue"),
-                ):
-                    self._db.execute(f"DELETE FROM {table} WHERE {column} = ?", (queue,))
+                self._db.execute("DELETE FROM broker_messages WHERE queue = ?", (queue,))
+                self._db.execute("DELETE FROM broker_queues WHERE name = ?", (queue,))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -317,38 +311,6 @@ class _MessageTable:
             " OR EXISTS (SELECT 1 FROM broker_messages WHERE queue = ?)"
         )
         return bool(self._rows(sql, (queue, queue))[0][0])
-
-    def save_binding(
-        self, exchange: str, routing_key: str, queue: str, spec: Mapping[str, Any]
-    ) -> None:
-        self._run(
-            "INSERT OR REPLACE INTO broker_bindings VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                exchange,
-                routing_key,
-                queue,
-                spec.get("type") or "direct",
-                int(bool(spec.get("durable"))),
-                int(bool(spec.get("auto_delete"))),
-                kombu_dumps(spec.get("arguments") or {}),
-            ),
-        )
-
-    def unbind(self, exchange: str, routing_key: str, queue: str) -> None:
-        self._run(
-            "DELETE FROM broker_bindings WHERE exchange = ? AND routing_key = ? AND queue = ?",
-            (exchange, routing_key, queue),
-        )
-
-    def forget_exchange(self, exchange: str) -> None:
-        self._run("DELETE FROM broker_bindings WHERE exchange = ?", (exchange,))
-
-    def load_bindings(self, exchange: str) -> list[Any]:
-        return self._rows(
-            "SELECT routing_key, queue, exchange_type, durable, auto_delete, arguments"
-            " FROM broker_bindings WHERE exchange = ?",
-            (exchange,),
-        )
 
 
 class QoS(_VirtualQoS):  # type: ignore[misc]
@@ -411,7 +373,6 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
         # visibility timeout a dead consumer's message becomes available.
         self._reclaim_every = min(_MAX_RECLAIM_INTERVAL, options.visibility_timeout / 4)
         self._next_reclaim: dict[str, float] = {}
-        self._rotation = 0
 
     @property
     def lease_owner(self) -> str:
@@ -498,7 +459,7 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
             self._next_reclaim[queue] = now + self._reclaim_every
             reclaimed = self._table.reclaim(queue)
             if reclaimed:
-                log.info("embedded broker: %d expired lease(s) on queue %r", reclaimed, queue)
+                log.info("embedded broker: %d lease(s) expired on queue %r", reclaimed, queue)
         if auto_ack is None:
             auto_ack = queue in self._no_ack_queues
         if auto_ack:
@@ -516,7 +477,7 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
 
     def _decode(self, queue: str, row_id: int, text: str, deliveries: int, auto_ack: bool) -> Any:
         try:
-            payload = kombu_loads(text)
+            payload = _loads(text)
             properties = payload["properties"]
             info = properties.setdefault("delivery_info", {})
         except (ValueError, TypeError, KeyError, AttributeError):
@@ -541,14 +502,6 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
         free = self.qos.can_consume_max_estimate()
         limit = self._options.fetch_limit if free is None else free
         return max(1, min(limit, _MAX_FETCH))
-
-    def _poll_order(self) -> list[str]:
-        queues = list(dict.fromkeys(self._active_queues))
-        if self._options.queue_order_strategy == "round_robin" and len(queues) > 1:
-            start = self._rotation % len(queues)
-            self._rotation += 1
-            queues = queues[start:] + queues[:start]
-        return queues
 
     def _hand_out(self, payloads: list[Any], queue: str, deliver: Callable[..., Any]) -> None:
         for index, payload in enumerate(payloads):
@@ -575,7 +528,7 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
             raise Empty()
         deliver = callback or self.connection._deliver
         limit = self._fetch_window()
-        for queue in self._poll_order():
+        for queue in dict.fromkeys(self._active_queues):
             payloads = self._claim(queue, limit)
             if payloads:
                 self._hand_out(payloads, queue, deliver)
@@ -610,7 +563,7 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
         return payloads[0]
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
-        self._table.put(queue, kombu_dumps(message))
+        self._table.put(queue, _dumps(message))
 
     def _size(self, queue: str) -> int:
         """Messages of ``queue`` available now (claimed ones: ``leased_count``)."""
@@ -632,74 +585,23 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
     def queue_delete(
         self, queue: str, if_unused: bool = False, if_empty: bool = False, **kwargs: Any
     ) -> None:
+        # Unlike the base class, delete the rows even when this process never bound it.
         if if_empty and self._size(queue):
             return
-        for exchange, routing_key, arguments in list(self.state.queue_bindings(queue)):
-            self.queue_unbind(queue, exchange, routing_key, arguments)
         self._delete(queue)
-
-    def queue_bind(
-        self,
-        queue: str,
-        exchange: str | None = None,
-        routing_key: str = "",
-        arguments: Any = None,
-        **kwargs: Any,
-    ) -> None:
-        exchange = exchange or "amq.direct"
-        known = self.state.has_binding(queue, exchange, routing_key)
-        super().queue_bind(queue, exchange, routing_key, arguments, **kwargs)
-        if not known:
-            spec = self.state.exchanges[exchange]
-            self._table.save_binding(exchange, routing_key, queue, spec)
-
-    def queue_unbind(
-        self,
-        queue: str,
-        exchange: str | None = None,
-        routing_key: str = "",
-        arguments: Any = None,
-        **kwargs: Any,
-    ) -> None:
-        super().queue_unbind(queue, exchange, routing_key, arguments, **kwargs)
-        self._table.unbind(exchange or "amq.direct", routing_key, queue)
-
-    def exchange_delete(self, exchange: str, if_unused: bool = False, nowait: bool = False) -> None:
-        if exchange in self.state.exchanges:
-            for _, _, queue in list(self.get_table(exchange)):
-                self.queue_delete(queue, if_unused=True, if_empty=True)
-            self.state.exchanges.pop(exchange, None)
-        self._table.forget_exchange(exchange)
+        self.state.queue_bindings_delete(queue)
 
     def _lookup(self, exchange: str, routing_key: str, default: Any = None) -> Any:
-        if exchange and not self._known_routes(exchange, routing_key):
-            self._load_bindings(exchange)
-        return super()._lookup(exchange, routing_key, default)
-
-    def _known_routes(self, exchange: str, routing_key: str) -> Any:
-        try:
-            table = self.get_table(exchange)
-        except KeyError:
-            return ()
-        return self.typeof(exchange).lookup(table, exchange, routing_key, None)
-
-    def _load_bindings(self, exchange: str) -> None:
-        """Learn the bindings other processes declared on ``exchange``."""
-        for routing_key, queue, kind, durable, auto_delete, arguments in self._table.load_bindings(
-            exchange
-        ):
-            self.state.exchanges.setdefault(
-                exchange,
-                {
-                    "type": kind,
-                    "durable": bool(durable),
-                    "auto_delete": bool(auto_delete),
-                    "arguments": kombu_loads(arguments),
-                    "table": [],
-                },
+        if exchange and exchange not in self.state.exchanges:
+            # The base class would route to no queue and drop the message without a word.
+            raise ChannelError(
+                f"NOT_FOUND - no exchange {exchange!r} declared in this process "
+                "(the embedded broker keeps bindings per process: declare the queue first)",
+                (50, 10),
+                "Channel.basic_publish",
+                "404",
             )
-            if not self.state.has_binding(queue, exchange, routing_key):
-                super().queue_bind(queue, exchange, routing_key)
+        return super()._lookup(exchange, routing_key, default)
 
     def close(self) -> None:
         """Close the channel: cancel consumers, hand back held messages, close the file."""

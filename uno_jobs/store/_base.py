@@ -175,7 +175,8 @@ class JobStore(Protocol):
 
         A status that is in ``FINISHED`` also sets the record's expiry to
         ``retention_seconds`` from now; a ``result`` whose JSON encoding is larger than
-        ``result_limit_bytes`` is stored as ``None`` with ``result_truncated=True``.
+        ``result_limit_bytes`` (or that is not strict JSON at all) is stored as ``None``
+        with ``result_truncated=True``.
         ``attempts`` and ``worker_lost`` are absolute values, not increments.
         """
         ...
@@ -228,6 +229,8 @@ def _optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 def _status_value(value: Any) -> str:
+    if isinstance(value, JobStatus):
+        return value.value
     return JobStatus(value).value
 
 

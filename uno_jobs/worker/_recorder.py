@@ -33,7 +33,21 @@ class Entry:
     after: Callable[[], None] | None = None
 
 
-_FLUSH = object()
+def _merge(updates: list[JobUpdate]) -> list[JobUpdate]:
+    """One update per job: a job that started and finished within one batch is one write.
+
+    Later fields win, so the result is what applying the updates in order would give.
+    """
+    merged: dict[str, JobUpdate] = {}
+    for update in updates:
+        earlier = merged.get(update.job_id)
+        if earlier is None:
+            merged[update.job_id] = update
+        else:
+            merged[update.job_id] = JobUpdate(
+                update.job_id, update.task, update.queue, {**earlier.fields, **update.fields}
+            )
+    return list(merged.values())
 
 
 class Recorder(threading.Thread):
@@ -84,7 +98,7 @@ class Recorder(threading.Thread):
         self._stopped.set()
 
     def _write(self, batch: list[Entry]) -> None:
-        updates = [u for entry in batch for u in entry.updates]
+        updates = _merge([u for entry in batch for u in entry.updates])
         backoff = 0.2
         while True:
             try:

@@ -1,0 +1,431 @@
+"""The embedded job store (``sqlite:///abs/path/jobs.sqlite3``).
+
+Several processes on one host share the file: it runs in WAL mode (readers never wait for
+the writer) with a busy timeout, so a writer waits for another's transaction instead of
+failing. Every write is one ``BEGIN IMMEDIATE`` transaction, taking the write lock up
+front, because a deferred transaction that reads first and then writes can fail with
+"database is locked" without waiting. sqlite3 connections must not be shared between
+threads mid-transaction, so each thread gets its own.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import operator
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from uno_jobs.errors import DuplicateJobError
+from uno_jobs.store._base import (
+    DEFAULT_RESULT_LIMIT_BYTES,
+    DEFAULT_RETENTION_SECONDS,
+    FINISHED,
+    RECORD_FIELDS,
+    DeadLetter,
+    JobRecord,
+    JobStatus,
+    JobUpdate,
+    ScheduledJob,
+    first_repeated,
+    record_columns,
+    record_from_columns,
+    update_columns,
+)
+
+__all__ = ["SQLiteStore"]
+
+BUSY_TIMEOUT_SECONDS = 10.0
+SCHEMA_VERSION = 1
+# Stay well below SQLite's limit on bound parameters in one statement.
+_CHUNK = 500
+_FINISHED_VALUES = frozenset(status.value for status in FINISHED)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    task TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    status TEXT NOT NULL,
+    priority TEXT NOT NULL DEFAULT 'normal',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    worker_lost INTEGER NOT NULL DEFAULT 0,
+    enqueued_at REAL,
+    started_at REAL,
+    finished_at REAL,
+    worker_id TEXT,
+    result TEXT,
+    result_truncated INTEGER NOT NULL DEFAULT 0,
+    error_type TEXT,
+    error_message TEXT,
+    error_traceback TEXT,
+    dead_reason TEXT,
+    expires_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_expires_at ON jobs (expires_at) WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    error TEXT,
+    dead_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_queue ON dead_letters (queue, dead_at);
+CREATE INDEX IF NOT EXISTS dead_letters_dead_at ON dead_letters (dead_at);
+CREATE TABLE IF NOT EXISTS scheduled (
+    job_id TEXT PRIMARY KEY,
+    routing_key TEXT NOT NULL,
+    due_at REAL NOT NULL,
+    payload TEXT NOT NULL,
+    available_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS scheduled_available_at ON scheduled (available_at);
+"""
+
+_SELECT_RECORD = f"SELECT {', '.join(RECORD_FIELDS)} FROM jobs"
+_INSERT_RECORD = (
+    f"INSERT INTO jobs ({', '.join(RECORD_FIELDS)}, expires_at) "
+    f"VALUES ({', '.join(':' + name for name in RECORD_FIELDS)}, :expires_at)"
+)
+_CLAIM_DUE = """
+UPDATE scheduled SET available_at = ?
+WHERE job_id IN (
+    SELECT job_id FROM scheduled WHERE available_at <= ? ORDER BY available_at LIMIT ?
+)
+RETURNING job_id, routing_key, due_at, payload
+"""
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+class _Connections:
+    """One sqlite3 connection per thread (and per process, after a fork)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._generation = 0
+        self._schema_ready = False
+        self._open: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
+        # Connections inherited over a fork belong to the parent: never close them here.
+        self._inherited: list[sqlite3.Connection] = []
+
+    def get(self) -> sqlite3.Connection:
+        held: tuple[int, int, sqlite3.Connection] | None = getattr(self._local, "held", None)
+        if held is not None and held[0] == os.getpid() and held[1] == self._generation:
+            return held[2]
+        return self._connect()
+
+    def _connect(self) -> sqlite3.Connection:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._inherited.extend(conn for _, conn in self._open)
+                self._open = []
+                self._pid = os.getpid()
+                self._schema_ready = False
+            self._close_dead_threads()
+            conn = self._new_connection()
+            self._open.append((weakref.ref(threading.current_thread()), conn))
+            self._local.held = (self._pid, self._generation, conn)
+            return conn
+
+    def _new_connection(self) -> sqlite3.Connection:
+        if not self._schema_ready:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self._path,
+            timeout=BUSY_TIMEOUT_SECONDS,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            if not self._schema_ready:
+                _create_schema(conn)
+                self._schema_ready = True
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _close_dead_threads(self) -> None:
+        alive = []
+        for thread_ref, conn in self._open:
+            thread = thread_ref()
+            if thread is not None and thread.is_alive():
+                alive.append((thread_ref, conn))
+            else:
+                conn.close()
+        self._open = alive
+
+    def close_all(self) -> None:
+        with self._lock:
+            for _, conn in self._open:
+                if self._pid == os.getpid():
+                    conn.close()
+                else:
+                    self._inherited.append(conn)
+            self._open = []
+            self._generation += 1
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    if conn.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+@functools.lru_cache(maxsize=256)
+def _upsert_sql(names: tuple[str, ...]) -> str:
+    """The statement that creates-or-updates a record, writing the columns ``names``."""
+    changed = list(names)
+    if "status" in names:
+        changed.append("expires_at")
+    inserted = ["id", "task", "queue", "status"]
+    inserted += [name for name in changed if name not in inserted]
+    sql = (
+        f"INSERT INTO jobs ({', '.join(inserted)}) "
+        f"VALUES ({', '.join(':' + name for name in inserted)}) ON CONFLICT (id) DO "
+    )
+    if not changed:
+        return sql + "NOTHING"
+    return sql + "UPDATE SET " + ", ".join(f"{name} = excluded.{name}" for name in changed)
+
+
+class SQLiteStore:
+    """A ``JobStore`` in one SQLite file, shared by the processes of one host.
+
+    Args:
+        path: The database file; its folder and the schema are created on first use.
+        url: The URL the store was opened with (shown redacted in its repr).
+        retention_seconds: How long finished records and dead letters are kept.
+        result_limit_bytes: The largest JSON-encoded result that is stored.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        url: str | None = None,
+        retention_seconds: float = DEFAULT_RETENTION_SECONDS,
+        result_limit_bytes: int = DEFAULT_RESULT_LIMIT_BYTES,
+    ) -> None:
+        self.path = Path(path)
+        self.url = url or f"sqlite://{self.path}"
+        self.retention_seconds = retention_seconds
+        self.result_limit_bytes = result_limit_bytes
+        self._connections = _Connections(self.path)
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.url!r})"
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connections.get()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _expiry(self, status: str, now: float) -> float | None:
+        return now + self.retention_seconds if status in _FINISHED_VALUES else None
+
+    @staticmethod
+    def _drop_expired(conn: sqlite3.Connection, job_ids: Sequence[str], now: float) -> None:
+        """Delete expired rows among ``job_ids``: for the store they no longer exist."""
+        for chunk in _chunks(job_ids):
+            conn.execute(
+                f"DELETE FROM jobs WHERE expires_at <= ? AND id IN ({_placeholders(len(chunk))})",
+                (now, *chunk),
+            )
+
+    def create(self, record: JobRecord) -> None:
+        """Insert a new record. Raises ``DuplicateJobError`` if the id exists."""
+        self.create_many([record])
+
+    def create_many(self, records: Sequence[JobRecord]) -> None:
+        """Insert many new records in one transaction; all or nothing.
+
+        Raises:
+            DuplicateJobError: The first id that exists (or repeats); nothing is written.
+        """
+        ids = [record.id for record in records]
+        repeated = first_repeated(ids)
+        if repeated is not None:
+            raise DuplicateJobError(repeated)
+        now = time.time()
+        rows = []
+        for record in records:
+            row = record_columns(record, self.result_limit_bytes)
+            row["expires_at"] = self._expiry(row["status"], now)
+            rows.append(row)
+        try:
+            with self._transaction() as conn:
+                self._drop_expired(conn, ids, now)
+                conn.executemany(_INSERT_RECORD, rows)
+        except sqlite3.IntegrityError:
+            # Rolled back; only now can we tell which ids exist, as the rows that
+            # executemany wrote before the conflict are gone again.
+            existing = self._existing(ids, now)
+            for job_id in ids:
+                if job_id in existing:
+                    raise DuplicateJobError(job_id) from None
+            raise
+
+    def _existing(self, job_ids: Sequence[str], now: float) -> set[str]:
+        conn = self._connections.get()
+        found: set[str] = set()
+        for chunk in _chunks(job_ids):
+            sql = (
+                f"SELECT id FROM jobs WHERE id IN ({_placeholders(len(chunk))}) "
+                "AND (expires_at IS NULL OR expires_at > ?)"
+            )
+            found.update(row[0] for row in conn.execute(sql, (*chunk, now)))
+        return found
+
+    def delete(self, job_ids: Iterable[str]) -> None:
+        """Remove records (used to undo ``create`` when a publish failed)."""
+        ids = list(job_ids)
+        with self._transaction() as conn:
+            for chunk in _chunks(ids):
+                conn.execute(f"DELETE FROM jobs WHERE id IN ({_placeholders(len(chunk))})", chunk)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """The record of ``job_id``, or ``None`` if there is none or it expired."""
+        sql = f"{_SELECT_RECORD} WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)"
+        row = self._connections.get().execute(sql, (job_id, time.time())).fetchone()
+        if row is None:
+            return None
+        return record_from_columns(dict(zip(RECORD_FIELDS, row, strict=True)))
+
+    def apply(self, updates: Sequence[JobUpdate]) -> None:
+        """Apply updates in order, in one transaction (see ``JobStore.apply``).
+
+        A finished status sets the expiry, any other status clears it. Results that are
+        too large or not JSON are stored as ``None`` with ``result_truncated=True``.
+
+        Raises:
+            ValueError: An update names an unknown field or status; nothing is applied.
+        """
+        now = time.time()
+        prepared: list[tuple[tuple[str, ...], dict[str, Any]]] = []
+        for update in updates:
+            columns = update_columns(update, self.result_limit_bytes)
+            params = {
+                "id": update.job_id,
+                "task": update.task,
+                "queue": update.queue,
+                "status": JobStatus.QUEUED.value,
+                **columns,
+            }
+            if "status" in columns:
+                params["expires_at"] = self._expiry(columns["status"], now)
+            prepared.append((tuple(sorted(columns)), params))
+        if not prepared:
+            return
+        with self._transaction() as conn:
+            self._drop_expired(conn, list({update.job_id: None for update in updates}), now)
+            # Consecutive updates that write the same columns share one executemany.
+            for names, group in itertools.groupby(prepared, key=operator.itemgetter(0)):
+                conn.executemany(_upsert_sql(names), [params for _, params in group])
+
+    def add_dead_letter(self, entry: DeadLetter) -> None:
+        """Index a dead-lettered job under its queue."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO dead_letters (job_id, task, queue, reason, error, dead_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (entry.job_id, entry.task, entry.queue, entry.reason, entry.error, entry.dead_at),
+            )
+
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters of ``queue`` (or of every queue), newest first."""
+        sql = "SELECT job_id, task, queue, reason, error, dead_at FROM dead_letters"
+        params: tuple[Any, ...] = (max(limit, 0),)
+        if queue is not None:
+            sql += " WHERE queue = ?"
+            params = (queue, *params)
+        sql += " ORDER BY dead_at DESC, seq DESC LIMIT ?"
+        rows = self._connections.get().execute(sql, params).fetchall()
+        return [DeadLetter(*row) for row in rows]
+
+    def schedule(self, job: ScheduledJob) -> None:
+        """Keep a message until ``due_at`` (replaces an entry with the same job id)."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO scheduled "
+                "(job_id, routing_key, due_at, payload, available_at) VALUES (?, ?, ?, ?, ?)",
+                (job.job_id, job.routing_key, job.due_at, job.payload, job.due_at),
+            )
+
+    def claim_due(self, now: float, limit: int, lease_seconds: float) -> list[ScheduledJob]:
+        """Claim up to ``limit`` due entries for ``lease_seconds`` (see ``JobStore``).
+
+        One ``UPDATE … RETURNING`` statement moves the entries' claimable time to the end
+        of the lease and returns them, so two processes can never claim the same entry.
+        """
+        if limit <= 0:
+            return []
+        conn = self._connections.get()
+        rows = conn.execute(_CLAIM_DUE, (now + lease_seconds, now, limit)).fetchall()
+        claimed = [ScheduledJob(*row) for row in rows]
+        claimed.sort(key=lambda job: job.due_at)
+        return claimed
+
+    def release_scheduled(self, job_ids: Sequence[str]) -> None:
+        """Remove entries after they were published."""
+        with self._transaction() as conn:
+            for chunk in _chunks(job_ids):
+                conn.execute(
+                    f"DELETE FROM scheduled WHERE job_id IN ({_placeholders(len(chunk))})", chunk
+                )
+
+    def scheduled_count(self) -> int:
+        """How many entries are waiting (claimed ones included)."""
+        row = self._connections.get().execute("SELECT COUNT(*) FROM scheduled").fetchone()
+        return int(row[0])
+
+    def purge_expired(self, now: float) -> int:
+        """Delete finished records and dead letters past retention; returns the count."""
+        with self._transaction() as conn:
+            records = conn.execute("DELETE FROM jobs WHERE expires_at <= ?", (now,)).rowcount
+            letters = conn.execute(
+                "DELETE FROM dead_letters WHERE dead_at <= ?", (now - self.retention_seconds,)
+            ).rowcount
+        return records + letters
+
+    def close(self) -> None:
+        """Close every thread's connection; a later call opens new ones."""
+        self._connections.close_all()
