@@ -20,7 +20,9 @@ AMQP_URL = os.environ.get("UNO_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//"
 REDIS_DB = 3
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> None:
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02
+) -> None:
     """Poll ``predicate`` until it is truthy; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -70,7 +72,9 @@ def _delete_redis_prefix(prefix: str) -> None:
         client.close()
 
 
-def make_broker_url(kind: str, *, visibility_timeout: float = 3.0) -> tuple[str, Callable[[], None]]:
+def make_broker_url(
+    kind: str, *, visibility_timeout: float = 3.0
+) -> tuple[str, Callable[[], None]]:
     """A broker URL of ``kind`` isolated for one test, and its clean-up."""
     if kind == "embedded":
         return f"embedded://?visibility_timeout={visibility_timeout}", lambda: None

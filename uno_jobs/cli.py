@@ -49,22 +49,47 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     w = sub.add_parser("worker", help="run a worker until SIGINT/SIGTERM")
-    w.add_argument("--app", "-A", action="append", default=[], metavar="MODULE",
-                   help="module(s) to import so their @task functions register (repeatable)")
+    w.add_argument(
+        "--app",
+        "-A",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="module(s) to import so their @task functions register (repeatable)",
+    )
     w.add_argument("--queue", "-Q", default="default")
-    w.add_argument("--type", "-t", default="async", dest="worker_type",
-                   help="worker type: sync, thread, async (and plugin types)")
-    w.add_argument("--concurrency", "-c", type=int, default=None,
-                   help="max_concurrent / max_threads of the worker type")
-    w.add_argument("--broker", default=None, help="broker URL (default: $UNO_JOBS_BROKER_URL "
-                   "or the embedded broker)")
+    w.add_argument(
+        "--type",
+        "-t",
+        default="async",
+        dest="worker_type",
+        help="worker type: sync, thread, async (and plugin types)",
+    )
+    w.add_argument(
+        "--concurrency",
+        "-c",
+        type=int,
+        default=None,
+        help="max_concurrent / max_threads of the worker type",
+    )
+    w.add_argument(
+        "--broker",
+        default=None,
+        help="broker URL (default: $UNO_JOBS_BROKER_URL or the embedded broker)",
+    )
     w.add_argument("--store", default=None, help="job store URL")
     w.add_argument("--worker-id", default=None)
-    w.add_argument("--allow", action="append", default=None, metavar="PREFIX",
-                   help="module prefix tasks may be imported from by dotted path "
-                        "(repeatable; default: the --app modules)")
-    w.add_argument("--priority-levels", default=None,
-                   help="comma-separated levels to serve (default: all)")
+    w.add_argument(
+        "--allow",
+        action="append",
+        default=None,
+        metavar="PREFIX",
+        help="module prefix tasks may be imported from by dotted path "
+        "(repeatable; default: the --app modules)",
+    )
+    w.add_argument(
+        "--priority-levels", default=None, help="comma-separated levels to serve (default: all)"
+    )
     w.add_argument("--shutdown-timeout", type=float, default=None)
     w.add_argument("--max-failures", type=int, default=None)
 
@@ -78,8 +103,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--job-id", default=None)
     e.add_argument("--broker", default=None)
     e.add_argument("--store", default=None)
-    e.add_argument("--wait", type=float, default=None, metavar="SECONDS",
-                   help="wait for the result and print it")
+    e.add_argument(
+        "--wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="wait for the result and print it",
+    )
 
     j = sub.add_parser("job", help="show a job's record as JSON")
     j.add_argument("job_id")
@@ -175,7 +205,11 @@ def _enqueue(args: argparse.Namespace) -> int:
     queue = _queue(args)
     try:
         handle = queue.enqueue_sync(
-            args.task, args.args, args.kwargs, priority=args.priority, delay=args.delay,
+            args.task,
+            args.args,
+            args.kwargs,
+            priority=args.priority,
+            delay=args.delay,
             job_id=args.job_id,
         )
         print(handle.id)

@@ -62,14 +62,18 @@ async def run_demo(jobs: int = 300, concurrency: int = 50, out: TextIO = sys.std
         if kind == 0:
             specs.append(JobSpec("demo.checksum", [f"doc-{i}", 2000]))
         elif kind == 1:
-            specs.append(JobSpec("demo.fetch", [f"https://example.test/{i}", rng.uniform(0.01, 0.05)]))
+            specs.append(
+                JobSpec("demo.fetch", [f"https://example.test/{i}", rng.uniform(0.01, 0.05)])
+            )
         else:
             specs.append(JobSpec("demo.flaky", [i], priority="high" if i % 10 == 2 else None))
     t0 = time.perf_counter()
     handles = await queue.enqueue_many(specs)
     print(f"enqueued {len(handles)} jobs in {time.perf_counter() - t0:.2f} s", file=out)
     worker = AsyncWorker(
-        queue_name=queue_name, worker_id="demo-worker", max_concurrent=concurrency,
+        queue_name=queue_name,
+        worker_id="demo-worker",
+        max_concurrent=concurrency,
         registry=demo_registry,
     )
     t1 = time.perf_counter()
@@ -88,8 +92,11 @@ async def run_demo(jobs: int = 300, concurrency: int = 50, out: TextIO = sys.std
     for status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD):
         print(f"  {status.value + ':':12} {outcomes.get(status.value, 0)}", file=out)
     print(f"  time:        {elapsed:.2f} s ({jobs / elapsed:.0f} jobs/s)", file=out)
-    print(f"  run time:    avg {metrics['processing_time_avg_ms']:.1f} ms, "
-          f"p95 {metrics['processing_time_p95_ms']:.1f} ms", file=out)
+    print(
+        f"  run time:    avg {metrics['processing_time_avg_ms']:.1f} ms, "
+        f"p95 {metrics['processing_time_p95_ms']:.1f} ms",
+        file=out,
+    )
     print(f"  queue wait:  avg {metrics['queue_wait_time_avg_ms']:.1f} ms", file=out)
     expected_failures = sum(1 for i in range(jobs) if i % 3 == 2 and i % 7 == 0)
     ok = outcomes.get("failed", 0) == expected_failures and sum(outcomes.values()) == jobs

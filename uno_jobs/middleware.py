@@ -56,7 +56,9 @@ class MiddlewareError(Exception):
 
     def __init__(self, middleware: object, cause: BaseException) -> None:
         name = type(middleware).__name__
-        super().__init__(f"middleware {name}.before_execution raised {type(cause).__name__}: {cause}")
+        super().__init__(
+            f"middleware {name}.before_execution raised {type(cause).__name__}: {cause}"
+        )
         self.middleware = name
 
 

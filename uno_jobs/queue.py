@@ -94,7 +94,10 @@ class JobHandle:
                 if record.status == JobStatus.SUCCEEDED:
                     return record.result
                 raise JobFailedError(
-                    record.id, record.status.value, record.error_type, record.error_message,
+                    record.id,
+                    record.status.value,
+                    record.error_type,
+                    record.error_message,
                     record.dead_reason,
                 )
             if deadline is not None and time.monotonic() >= deadline:
@@ -129,8 +132,11 @@ class Queue:
     ) -> None:
         try:
             opts = _QueueOptions(
-                name=name, broker_url=broker_url, store_url=store_url,
-                max_message_bytes=max_message_bytes, middleware=list(middleware),
+                name=name,
+                broker_url=broker_url,
+                store_url=store_url,
+                max_message_bytes=max_message_bytes,
+                middleware=list(middleware),
             )
         except ValidationError as exc:
             err = exc.errors()[0]
@@ -146,8 +152,10 @@ class Queue:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"Queue({self.name!r}, broker={self._broker.spec.display!r}, " \
-               f"store={redact_url(self.store_url)!r})"
+        return (
+            f"Queue({self.name!r}, broker={self._broker.spec.display!r}, "
+            f"store={redact_url(self.store_url)!r})"
+        )
 
     @property
     def store(self) -> JobStore:
@@ -238,7 +246,11 @@ class Queue:
         if not isinstance(spec.kwargs, Mapping):
             raise PayloadError(f"task {name}: kwargs must be a mapping, got {spec.kwargs!r}")
         message = new_message(
-            name, list(spec.args), dict(spec.kwargs), queue=self.name, priority=priority,
+            name,
+            list(spec.args),
+            dict(spec.kwargs),
+            queue=self.name,
+            priority=priority,
             job_id=spec.job_id,
         )
         if spec.expires is not None:
@@ -257,8 +269,12 @@ class Queue:
         now = time.time()
         records = [
             JobRecord(
-                id=m.id, task=m.task, queue=self.name, priority=m.priority,
-                status=JobStatus.SCHEDULED if delay else JobStatus.QUEUED, enqueued_at=now,
+                id=m.id,
+                task=m.task,
+                queue=self.name,
+                priority=m.priority,
+                status=JobStatus.SCHEDULED if delay else JobStatus.QUEUED,
+                enqueued_at=now,
             )
             for m, _, delay in prepared
         ]
@@ -275,8 +291,12 @@ class Queue:
                 if delay:
                     store.schedule(
                         scheduled_entry(
-                            m.id, m.task, self.name, level_queue_name(self.name, m.priority),
-                            now + delay, enc,
+                            m.id,
+                            m.task,
+                            self.name,
+                            level_queue_name(self.name, m.priority),
+                            now + delay,
+                            enc,
                         )
                     )
         except BaseException:
@@ -285,13 +305,20 @@ class Queue:
         return [JobHandle(i, self) for i in ids]
 
     def _view(self, message: Message) -> Any:
-        return job_view({
-            "id": message.id, "task": message.task, "args": tuple(message.args),
-            "kwargs": dict(message.kwargs), "queue": message.queue,
-            "priority": message.priority, "attempt": message.attempt,
-            "enqueued_at": message.enqueued_at, "headers": dict(message.extra_headers),
-            "worker_id": None,
-        })
+        return job_view(
+            {
+                "id": message.id,
+                "task": message.task,
+                "args": tuple(message.args),
+                "kwargs": dict(message.kwargs),
+                "queue": message.queue,
+                "priority": message.priority,
+                "attempt": message.attempt,
+                "enqueued_at": message.enqueued_at,
+                "headers": dict(message.extra_headers),
+                "worker_id": None,
+            }
+        )
 
     # -- look-ups and admin ---------------------------------------------------------------
 

@@ -23,7 +23,6 @@ import types
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from uno_jobs.message import PRIORITY_LEVELS
 from uno_jobs.errors import (
     ConfigurationError,
     DuplicateTaskError,
@@ -31,6 +30,7 @@ from uno_jobs.errors import (
     TaskError,
     UnknownTaskError,
 )
+from uno_jobs.message import PRIORITY_LEVELS
 
 __all__ = [
     "MAX_TASK_NAME_LENGTH",

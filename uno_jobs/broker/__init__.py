@@ -98,7 +98,7 @@ class Broker:
         except BrokerUnavailableError:
             raise
         except Exception as exc:
-            errors = tuple(conn.connection_errors) + (OSError,)
+            errors = (*tuple(conn.connection_errors), OSError)
             if isinstance(exc, errors):
                 raise BrokerUnavailableError(self.spec.display, str(exc)) from None
             raise

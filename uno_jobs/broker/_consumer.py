@@ -13,8 +13,8 @@ visibility timeout), and acks for them become no-ops here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import socket
 import threading
 import time
 from collections import deque
@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kombu import Connection
-from kombu import Consumer as KombuConsumer
+from kombu.connection import Connection
+from kombu.messaging import Consumer as KombuConsumer
 
 from uno_jobs.broker._publisher import Outgoing, PublishSession
 from uno_jobs.broker._spec import BrokerSpec
@@ -143,7 +143,7 @@ class ConsumerThread(threading.Thread):
     def run(self) -> None:
         try:
             self._connect()
-        except BaseException as exc:  # noqa: BLE001 - reported to start_and_wait
+        except BaseException as exc:
             self._start_error = (
                 exc
                 if isinstance(exc, BrokerUnavailableError)
@@ -158,7 +158,7 @@ class ConsumerThread(threading.Thread):
                 self._run_commands()
                 self._drain()
                 backoff = 0.5
-            except Exception as exc:  # noqa: BLE001 - any broker failure: reconnect
+            except Exception as exc:
                 if self._stopping.is_set():
                     break
                 log.warning(
@@ -174,16 +174,14 @@ class ConsumerThread(threading.Thread):
                 backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
                 try:
                     self._connect()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     continue
         self._shutdown()
 
     def _drain(self) -> None:
         assert self._conn is not None
-        try:
+        with contextlib.suppress(TimeoutError):
             self._conn.drain_events(timeout=_TICK_SECONDS)
-        except socket.timeout:
-            pass
 
     def _run_commands(self) -> None:
         commands = self._commands
@@ -207,7 +205,7 @@ class ConsumerThread(threading.Thread):
             channel.basic_ack(covered[-1], multiple=True)
         elif covered:
             channel.basic_ack(covered[0])
-        for tag in tags[len(covered):]:
+        for tag in tags[len(covered) :]:
             channel.basic_ack(tag)
 
     def _connect(self) -> None:
@@ -216,7 +214,9 @@ class ConsumerThread(threading.Thread):
             conn.ensure_connection(max_retries=1, timeout=self.spec.connect_timeout)
         except Exception as exc:
             conn.release()
-            raise BrokerUnavailableError(self.spec.display, f"{type(exc).__name__}: {exc}") from None
+            raise BrokerUnavailableError(
+                self.spec.display, f"{type(exc).__name__}: {exc}"
+            ) from None
         self._conn = conn
         channel = conn.default_channel
         queues = [kombu_queue(name)(channel) for name, _ in self._queues]
@@ -248,7 +248,7 @@ class ConsumerThread(threading.Thread):
         if self._conn is not None:
             try:
                 self._conn.release()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.debug("releasing a broken connection failed", exc_info=True)
             self._conn = None
 
@@ -314,6 +314,6 @@ class ConsumerThread(threading.Thread):
                 self._consumer.cancel()
             for tag in list(self._held):
                 self._settle(tag, ack=False, requeue=True)
-        except Exception:  # noqa: BLE001 - the broker gets them back on disconnect anyway
+        except Exception:
             log.debug("handing back messages at shutdown failed", exc_info=True)
         self._drop_connection()

@@ -17,15 +17,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kombu import Connection, Producer
+from kombu.connection import Connection
 from kombu.exceptions import OperationalError
+from kombu.messaging import Producer
 
 from uno_jobs.broker._spec import BrokerSpec
 from uno_jobs.broker._topology import kombu_queue
 from uno_jobs.errors import BrokerUnavailableError
 from uno_jobs.message import Encoded
 
-__all__ = ["Outgoing", "Publisher", "PublishSession"]
+__all__ = ["Outgoing", "PublishSession", "Publisher"]
 
 log = logging.getLogger("uno_jobs.broker")
 
@@ -144,7 +145,7 @@ class PublishSession:
                 )
             try:
                 self._conn.drain_events(timeout=min(remaining, 1.0))
-            except socket.timeout:
+            except TimeoutError:
                 continue
         if confirms.nacked:
             count = len(confirms.nacked)
@@ -159,12 +160,12 @@ class PublishSession:
         try:
             if channel is not None:
                 channel.close()
-        except Exception:  # noqa: BLE001 - closing a broken channel may fail; nothing to do
+        except Exception:
             log.debug("closing a publish channel failed", exc_info=True)
         if self._own_conn:
             try:
                 self._conn.release()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.debug("closing a publish connection failed", exc_info=True)
             self._conn = self.spec.connection()
 
@@ -206,7 +207,7 @@ class Publisher:
 
 def _is_connection_problem(conn: Connection, exc: BaseException) -> bool:
     errors = tuple(conn.connection_errors) + tuple(conn.channel_errors)
-    return isinstance(exc, errors + (OperationalError, OSError, socket.timeout, TimeoutError))
+    return isinstance(exc, (*errors, OperationalError, OSError, socket.timeout, TimeoutError))
 
 
 def _describe(exc: BaseException) -> str:

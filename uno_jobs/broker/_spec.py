@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from kombu import Connection
+from kombu.connection import Connection
 
 from uno_jobs.config import EMBEDDED_SCHEME, embedded_broker_path, redact_url
 from uno_jobs.errors import ConfigurationError

@@ -21,8 +21,7 @@ import socket
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
-from datetime import datetime, timezone
+from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar
 
 from uno_jobs.broker import Broker, ConsumerThread, Delivery, level_queues
@@ -34,16 +33,16 @@ from uno_jobs.errors import (
     UnknownTaskError,
     WorkerStateError,
 )
-from uno_jobs.message import PRIORITY_LEVELS, Message, decode
+from uno_jobs.message import PRIORITY_LEVELS, Message, decode, timestamp_from_iso
 from uno_jobs.metrics import WorkerStats
 from uno_jobs.middleware import MiddlewareChain, job_view
+from uno_jobs.schedule import DueJobMover
 from uno_jobs.store import JobStatus, JobStore, JobUpdate, open_store
 from uno_jobs.tasks import Task, TaskResolver, get_default_registry
 from uno_jobs.worker._deadletter import DeadLetterer
 from uno_jobs.worker._executors import Executor, JobTimeLimitExceeded
 from uno_jobs.worker._options import WorkerOptions, build_options
 from uno_jobs.worker._recorder import Entry, Recorder
-from uno_jobs.schedule import DueJobMover
 
 __all__ = ["BaseWorker", "WorkerState"]
 
@@ -114,6 +113,7 @@ class BaseWorker:
         self._idle: asyncio.Event | None = None
         self._stopped: asyncio.Event | None = None
         self._signals = 0
+        self._background: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.worker_id} queue={self.queue_name} {self.state}>"
@@ -189,16 +189,22 @@ class BaseWorker:
                 loop.remove_signal_handler(sig)
         return self.exit_code
 
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a lifecycle call in the background, keeping a reference until it ends."""
+        background = asyncio.ensure_future(coro)
+        self._background.add(background)
+        background.add_done_callback(self._background.discard)
+
     def _on_signal(self, sig: int) -> None:
         self._signals += 1
         name = signal.Signals(sig).name
         if self._signals == 1:
             log.info("%s: graceful shutdown of %s (again to force)", name, self.worker_id)
-            asyncio.ensure_future(self.shutdown())
+            self._spawn(self.shutdown())
         else:
             log.warning("%s again: immediate shutdown of %s", name, self.worker_id)
             self.exit_code = 1
-            asyncio.ensure_future(self.shutdown(wait=False))
+            self._spawn(self.shutdown(wait=False))
 
     async def pause(self) -> None:
         """Stop starting new jobs; running ones finish. Prefetched jobs are handed back."""
@@ -415,7 +421,10 @@ class BaseWorker:
         if message.expires is not None and _is_past(message.expires):
             assert self._dead is not None
             self._dead.dead_letter(
-                run.delivery, self.queue_name, "expired", f"expired at {message.expires}",
+                run.delivery,
+                self.queue_name,
+                "expired",
+                f"expired at {message.expires}",
                 message.id,
             )
             return True
@@ -428,8 +437,11 @@ class BaseWorker:
         if message.worker_lost >= _WORKER_LOST_LIMIT:
             assert self._dead is not None
             self._dead.dead_letter(
-                run.delivery, self.queue_name, "worker_lost",
-                f"the job's worker was lost {message.worker_lost} times", message.id,
+                run.delivery,
+                self.queue_name,
+                "worker_lost",
+                f"the job's worker was lost {message.worker_lost} times",
+                message.id,
                 worker_lost=message.worker_lost,
             )
             return True
@@ -440,16 +452,23 @@ class BaseWorker:
         started = time.time()
         self.stats.job_started(message.enqueued_at, started)
         self._recorder.put(
-            Entry([
-                JobUpdate(message.id, message.task, self.queue_name, {
-                    "status": JobStatus.RUNNING,
-                    "started_at": started,
-                    "worker_id": self.worker_id,
-                    "attempts": message.attempt,
-                    "worker_lost": message.worker_lost,
-                    "priority": message.priority,
-                })
-            ])
+            Entry(
+                [
+                    JobUpdate(
+                        message.id,
+                        message.task,
+                        self.queue_name,
+                        {
+                            "status": JobStatus.RUNNING,
+                            "started_at": started,
+                            "worker_id": self.worker_id,
+                            "attempts": message.attempt,
+                            "worker_lost": message.worker_lost,
+                            "priority": message.priority,
+                        },
+                    )
+                ]
+            )
         )
         view = self._job_view(message) if self._middleware else None
         timeout = _effective_timeout(task.timeout, self.options.max_job_duration)
@@ -478,11 +497,18 @@ class BaseWorker:
         consumer = self._consumer
         self._recorder.put(
             Entry(
-                [JobUpdate(message.id, message.task, self.queue_name, {
-                    "status": JobStatus.SUCCEEDED,
-                    "finished_at": time.time(),
-                    "result": result,
-                })],
+                [
+                    JobUpdate(
+                        message.id,
+                        message.task,
+                        self.queue_name,
+                        {
+                            "status": JobStatus.SUCCEEDED,
+                            "finished_at": time.time(),
+                            "result": result,
+                        },
+                    )
+                ],
                 after=lambda: consumer.ack(tag),
             )
         )
@@ -494,22 +520,39 @@ class BaseWorker:
         self.stats.job_finished(False, duration)
         log.warning(
             "job %s (%s) attempt %d failed: %s: %s",
-            message.id, message.task, message.attempt, type(exc).__name__, exc,
-            extra={"job_id": message.id, "task": message.task, "attempt": message.attempt,
-                   "worker_id": self.worker_id},
+            message.id,
+            message.task,
+            message.attempt,
+            type(exc).__name__,
+            exc,
+            extra={
+                "job_id": message.id,
+                "task": message.task,
+                "attempt": message.attempt,
+                "worker_id": self.worker_id,
+            },
         )
         tag = run.delivery.tag
         consumer = self._consumer
         self._recorder.put(
             Entry(
-                [JobUpdate(message.id, message.task, self.queue_name, {
-                    "status": JobStatus.FAILED,
-                    "finished_at": time.time(),
-                    "error_type": type(exc).__name__,
-                    "error_message": str(exc),
-                    "error_traceback": "".join(traceback.format_exception(exc))[-8192:],
-                    "dead_reason": "timeout" if isinstance(exc, JobTimeLimitExceeded) else None,
-                })],
+                [
+                    JobUpdate(
+                        message.id,
+                        message.task,
+                        self.queue_name,
+                        {
+                            "status": JobStatus.FAILED,
+                            "finished_at": time.time(),
+                            "error_type": type(exc).__name__,
+                            "error_message": str(exc),
+                            "error_traceback": "".join(traceback.format_exception(exc))[-8192:],
+                            "dead_reason": "timeout"
+                            if isinstance(exc, JobTimeLimitExceeded)
+                            else None,
+                        },
+                    )
+                ],
                 after=lambda: consumer.ack(tag),
             )
         )
@@ -520,24 +563,28 @@ class BaseWorker:
         if limit and self.stats.consecutive_failures >= limit and self.state == WorkerState.RUNNING:
             log.error(
                 "worker %s: %d consecutive task failures reached max_failures=%d; shutting down",
-                self.worker_id, self.stats.consecutive_failures, limit,
+                self.worker_id,
+                self.stats.consecutive_failures,
+                limit,
             )
             self.exit_code = 3
-            asyncio.ensure_future(self.shutdown())
+            self._spawn(self.shutdown())
 
     def _job_view(self, message: Message) -> Any:
-        return job_view({
-            "id": message.id,
-            "task": message.task,
-            "args": tuple(message.args),
-            "kwargs": dict(message.kwargs),
-            "queue": message.queue,
-            "priority": message.priority,
-            "attempt": message.attempt,
-            "enqueued_at": message.enqueued_at,
-            "headers": dict(message.extra_headers),
-            "worker_id": self.worker_id,
-        })
+        return job_view(
+            {
+                "id": message.id,
+                "task": message.task,
+                "args": tuple(message.args),
+                "kwargs": dict(message.kwargs),
+                "queue": message.queue,
+                "priority": message.priority,
+                "attempt": message.attempt,
+                "enqueued_at": message.enqueued_at,
+                "headers": dict(message.extra_headers),
+                "worker_id": self.worker_id,
+            }
+        )
 
 
 def _effective_timeout(task_timeout: float | None, max_job_duration: float | None) -> float | None:
@@ -547,12 +594,9 @@ def _effective_timeout(task_timeout: float | None, max_job_duration: float | Non
 
 def _is_past(iso: str) -> bool:
     try:
-        when = datetime.fromisoformat(iso)
+        return timestamp_from_iso(iso) < time.time()
     except ValueError:
         return False
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return when < datetime.now(timezone.utc)
 
 
 def make_worker_type(

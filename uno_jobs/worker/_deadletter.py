@@ -54,9 +54,18 @@ class DeadLetterer:
         body = _raw_body(delivery.body)
         log.error(
             "dead-lettering job %s (task %s) on %s: %s: %s; body: %r",
-            job_id, task, dead_queue_name(queue), reason, detail, body[:_LOG_BODY_BYTES],
-            extra={"job_id": job_id, "task": task, "worker_id": self._worker_id,
-                   "dead_reason": reason},
+            job_id,
+            task,
+            dead_queue_name(queue),
+            reason,
+            detail,
+            body[:_LOG_BODY_BYTES],
+            extra={
+                "job_id": job_id,
+                "task": task,
+                "worker_id": self._worker_id,
+                "dead_reason": reason,
+            },
         )
         now = time.time()
         fields: dict[str, object] = {

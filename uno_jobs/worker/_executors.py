@@ -18,7 +18,7 @@ from uno_jobs.tasks import Task
 __all__ = ["AsyncExecutor", "Executor", "JobTimeLimitExceeded", "ThreadExecutor"]
 
 
-class JobTimeLimitExceeded(BaseException):  # noqa: N818 - a signal, like dramatiq's
+class JobTimeLimitExceeded(BaseException):
     """A job ran past its time limit.
 
     Derives from ``BaseException`` so that a task's ``except Exception`` cannot swallow
