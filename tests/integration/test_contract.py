@@ -338,3 +338,28 @@ def test_unreachable_broker_fails_fast(url: str, uno_home: Path, queue_name: str
         queue.close()
 
     run(main)
+
+
+@pytest.mark.parametrize("kind", ["embedded", "redis", "amqp"])
+def test_long_job_is_not_redelivered_while_its_worker_lives(
+    kind: str, uno_home: Path, queue_name: str, tmp_path: Path
+) -> None:
+    url, cleanup = make_broker_url(kind, visibility_timeout=1.5)
+
+    async def main() -> None:
+        async with opened(queue_name, url) as queue:
+            first = make_worker(get_worker_type("async"), queue, worker_id="first")
+            second = make_worker(get_worker_type("async"), queue, worker_id="second")
+            async with running(first):
+                job = await queue.enqueue("contract.mark", [str(tmp_path), "long", 4.0])
+                await async_wait_until(lambda: list(tmp_path.glob("long.*")), timeout=15)
+                async with running(second):
+                    assert await job.wait(timeout=20) == "long"
+                    # Past two visibility timeouts, and the job ran once.
+                    assert len(list(tmp_path.glob("long.*"))) == 1
+                    assert (await queue.get_job(job.id)).worker_id == "first"
+
+    try:
+        run(main)
+    finally:
+        cleanup()

@@ -93,6 +93,7 @@ class ConsumerThread(threading.Thread):
         self._session: PublishSession | None = None
         self.connected = False
         self.last_activity = time.monotonic()
+        self._leases_kept_at = time.monotonic()
 
     # -- called from other threads -------------------------------------------------------
 
@@ -157,6 +158,7 @@ class ConsumerThread(threading.Thread):
             try:
                 self._run_commands()
                 self._drain()
+                self._keep_leases()
                 backoff = 0.5
             except Exception as exc:
                 if self._stopping.is_set():
@@ -177,6 +179,27 @@ class ConsumerThread(threading.Thread):
                 except Exception:
                     continue
         self._shutdown()
+
+    def _keep_leases(self) -> None:
+        """Keep held Redis messages from being redelivered while this worker is alive.
+
+        kombu's Redis transport redelivers a message whose entry in its unacked index is
+        older than the visibility timeout; running jobs refresh their entries every third
+        of it. (The embedded transport extends its own leases while it is polled;
+        RabbitMQ redelivers only when the connection closes.)
+        """
+        if self.spec.kind != "redis" or not self._held:
+            return
+        now = time.monotonic()
+        if now - self._leases_kept_at < self.spec.visibility_timeout / 3:
+            return
+        self._leases_kept_at = now
+        assert self._conn is not None
+        channel = self._conn.default_channel
+        stamp = time.time()
+        tags = {message.delivery_tag: stamp for message in self._held.values()}
+        with channel.conn_or_acquire() as client:
+            client.zadd(channel.unacked_index_key, tags, xx=True)
 
     def _drain(self) -> None:
         assert self._conn is not None
