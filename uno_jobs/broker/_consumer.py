@@ -36,6 +36,7 @@ log = logging.getLogger("uno_jobs.broker")
 
 _TICK_SECONDS = 0.05
 _MAX_BACKOFF_SECONDS = 10.0
+_WATCHDOG_SECONDS = 5.0
 
 
 @dataclass(slots=True)
@@ -94,6 +95,7 @@ class ConsumerThread(threading.Thread):
         self.connected = False
         self.last_activity = time.monotonic()
         self._leases_kept_at = time.monotonic()
+        self._watchdog_at = time.monotonic()
 
     # -- called from other threads -------------------------------------------------------
 
@@ -159,6 +161,7 @@ class ConsumerThread(threading.Thread):
                 self._run_commands()
                 self._drain()
                 self._keep_leases()
+                self._watchdog()
                 backoff = 0.5
             except Exception as exc:
                 if self._stopping.is_set():
@@ -180,6 +183,35 @@ class ConsumerThread(threading.Thread):
                     continue
         self._shutdown()
 
+    def _watchdog(self) -> None:
+        """Reconnect a consumer that receives nothing while its queues have jobs ready.
+
+        A transport can be left waiting on a dead socket without raising (kombu's Redis
+        poller swallows some connection errors when it is driven by ``drain_events``).
+        Every few seconds of silence, with room in the window, ask the broker whether
+        jobs are waiting; if they are, the connection is stale: raise to reconnect. A
+        dead connection fails the question itself, which reconnects too.
+        """
+        now = time.monotonic()
+        if (
+            not self._consuming_wanted
+            or now - self.last_activity < _WATCHDOG_SECONDS
+            or now - self._watchdog_at < _WATCHDOG_SECONDS
+            or len(self._held) >= self._prefetch
+        ):
+            return
+        self._watchdog_at = now
+        assert self._conn is not None
+        channel = self._conn.default_channel
+        waiting = 0
+        for name, _ in self._queues:
+            waiting += kombu_queue(name)(channel).queue_declare().message_count
+        if waiting and time.monotonic() - self.last_activity >= _WATCHDOG_SECONDS:
+            raise ConnectionError(
+                f"{waiting} job(s) waiting but nothing received for "
+                f"{now - self.last_activity:.0f} s: the connection is stale"
+            )
+
     def _keep_leases(self) -> None:
         """Keep held Redis messages from being redelivered while this worker is alive.
 
@@ -195,7 +227,7 @@ class ConsumerThread(threading.Thread):
             return
         self._leases_kept_at = now
         assert self._conn is not None
-        channel = self._conn.default_channel
+        channel: Any = self._conn.default_channel
         stamp = time.time()
         tags = {message.delivery_tag: stamp for message in self._held.values()}
         with channel.conn_or_acquire() as client:
@@ -259,6 +291,7 @@ class ConsumerThread(threading.Thread):
         if self._consuming_wanted:
             self._consumer.consume()
         self.connected = True
+        self.last_activity = time.monotonic()
 
     def _drop_connection(self) -> None:
         self.connected = False

@@ -94,6 +94,10 @@ class BrokerSpec:
                 # BRPOP over the level queues in the order given: critical first.
                 "queue_order_strategy": "priority",
                 "unacked_restore_throttle": 1,
+                # kombu drops a BRPOP connection whose reply is overdue by more than
+                # brpop_timeout + health_check_interval and reconnects: a dead socket
+                # is noticed in seconds instead of the default 26.
+                "health_check_interval": 4,
                 "unacked_restore_interval": float(self.options.get("restore_interval", 1.0)),
                 **_float_options(self.options, "polling_interval"),
             }

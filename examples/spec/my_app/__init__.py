@@ -1,0 +1,1 @@
+"""A stand-in application package for the "Task Discovery: Module Path" example."""

@@ -1,0 +1,1 @@
+"""The application's tasks, one module per area."""
