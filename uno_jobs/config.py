@@ -12,6 +12,7 @@ worker find the broker and the job store the same way (DESIGN.md §1):
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -32,6 +33,9 @@ ENV_STORE_URL = "UNO_JOBS_STORE_URL"
 ENV_ALLOWED_MODULES = "UNO_JOBS_ALLOWED_MODULES"
 
 EMBEDDED_SCHEME = "embedded"
+
+# scheme://user:password@ with anything up to the last '@' as the password.
+_RAW_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^:/@]*:).*@")
 
 
 def uno_jobs_home() -> Path:
@@ -91,9 +95,11 @@ def redact_url(url: str) -> str:
         parts = urlsplit(url)
         password = parts.password
     except ValueError:
-        return "<unparsable url>"
+        redacted = _RAW_PASSWORD.sub(r"\g<1>***@", url)
+        return redacted if redacted != url else "<unparsable url>"
     if password is None:
-        return url
+        # A raw '#', '/' or '?' in a password hides it from urlsplit: redact by shape.
+        return _RAW_PASSWORD.sub(r"\g<1>***@", url) if "@" in url else url
     userinfo, _, hostport = parts.netloc.rpartition("@")
     user = userinfo.split(":", 1)[0]
     return urlunsplit((parts.scheme, f"{user}:***@{hostport}", parts.path, parts.query, ""))

@@ -51,6 +51,16 @@ def hold_first(folder: str, name: str, hold: float) -> str:
     return mark(folder, name, hold if first else 0.0)
 
 
+@task(name="contract.hold_until")
+def hold_until(folder: str, name: str, release: str, limit: float = 30.0) -> str:
+    """Like ``mark``, then hold until the file ``release`` exists (at most ``limit`` s)."""
+    mark(folder, name)
+    deadline = time.monotonic() + limit
+    while not Path(release).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return name
+
+
 def helper() -> int:
     """Not a task: resolving it by module path must be refused."""
     return 1

@@ -206,16 +206,21 @@ def test_graceful_shutdown_hands_back_prefetched_jobs(
     async def main() -> None:
         async with opened(queue_name, broker_url) as queue:
             worker = make_worker(get_worker_type("sync"), queue, batch_size=5, shutdown_timeout=20)
-            slow = await queue.enqueue("contract.mark", [str(tmp_path), "slow", 1.0])
+            release = tmp_path / "release"
+            slow = await queue.enqueue("contract.hold_until", [str(tmp_path), "slow", str(release)])
             quick = [
                 await queue.enqueue("contract.mark", [str(tmp_path), f"q{i}"]) for i in range(5)
             ]
             await worker.start()
             await async_wait_until(lambda: list(tmp_path.glob("slow.*")), timeout=15)
+            # The window is 1 running + batch_size 5: all five quick jobs get prefetched.
             await async_wait_until(
-                lambda: worker._consumer is not None and worker._consumer.held >= 3, timeout=10
+                lambda: worker._consumer is not None and worker._consumer.held == 6, timeout=15
             )
-            await worker.shutdown()
+            stopping = asyncio.ensure_future(worker.shutdown())
+            await async_wait_until(lambda: worker.state == "shutting_down", timeout=5)
+            release.touch()
+            await stopping
             assert (await queue.get_job(slow.id)).status == JobStatus.SUCCEEDED
             assert not list(tmp_path.glob("q*")), "prefetched jobs must not have run"
             assert await queue.size() == 5
@@ -232,14 +237,19 @@ def test_immediate_shutdown_hands_back_running_job(
     async def main() -> None:
         async with opened(queue_name, broker_url) as queue:
             worker = make_worker(get_worker_type("thread"), queue, concurrency=1)
-            job = await queue.enqueue("contract.mark", [str(tmp_path), "long", 1.5])
+            release = tmp_path / "release"
+            job = await queue.enqueue("contract.hold_until", [str(tmp_path), "long", str(release)])
             await worker.start()
             await async_wait_until(lambda: list(tmp_path.glob("long.*")), timeout=15)
             await worker.shutdown(wait=False)
             assert (await queue.get_job(job.id)).status == JobStatus.QUEUED
+            # The abandoned run now finishes in its thread; its result must be dropped.
+            release.touch()
             async with running(make_worker(get_worker_type("async"), queue)):
                 assert await job.wait(timeout=20) == "long"
             assert len(list(tmp_path.glob("long.*"))) == 2
+            record = await queue.get_job(job.id)
+            assert record.status == JobStatus.SUCCEEDED and record.attempts == 1
 
     run(main)
 

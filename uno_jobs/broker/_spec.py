@@ -55,7 +55,7 @@ class BrokerSpec:
         confirm_timeout: Seconds to wait for a publish to be confirmed.
     """
 
-    url: str
+    url: str = field(repr=False)
     kind: BrokerKind
     display: str
     visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT

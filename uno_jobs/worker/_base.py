@@ -146,6 +146,7 @@ class BaseWorker:
             raise
         self.stats.restart()
         self.state = WorkerState.RUNNING
+        self._fill_slots()
         log.info(
             "worker %s consuming %s on %s (concurrency %d)",
             self.worker_id,
@@ -338,7 +339,8 @@ class BaseWorker:
     def _drain_inbox(self) -> None:
         self._inbox_scheduled = False
         inbox = self._inbox
-        accepting = self.state == WorkerState.RUNNING
+        # Deliveries can arrive while start() finishes: keep them, they start once running.
+        accepting = self.state in (WorkerState.RUNNING, WorkerState.STARTING)
         while inbox:
             delivery = inbox.popleft()
             if not accepting:

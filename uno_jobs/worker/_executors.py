@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from uno_jobs.tasks import Task
@@ -58,6 +59,63 @@ async def _with_limit(awaitable: Any, timeout: float | None) -> Any:
         raise JobTimeLimitExceeded(timeout) from None
 
 
+class _DaemonThreadPool:
+    """Threads that do not hold the process open at exit.
+
+    ``concurrent.futures`` joins its threads when the interpreter exits, so a task stuck
+    in a sync call would keep a worker alive after an immediate shutdown. These threads
+    are daemons: once the worker has handed the job back, the process may exit.
+    """
+
+    def __init__(self, threads: int, name: str) -> None:
+        self._calls: queue.SimpleQueue[
+            tuple[Callable[[], Any], asyncio.AbstractEventLoop, asyncio.Future[Any]] | None
+        ] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"uno-{name}-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, call: Callable[[], Any]) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._calls.put((call, loop, future))
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            item = self._calls.get()
+            if item is None:
+                return
+            call, loop, future = item
+            if future.cancelled():
+                continue
+            try:
+                result = call()
+            except BaseException as exc:
+                loop.call_soon_threadsafe(_settle, future, None, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, future, result, None)
+
+    def shutdown(self, wait: bool) -> None:
+        for _ in self._threads:
+            self._calls.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.cancelled():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
 class ThreadExecutor(Executor):
     """A fixed pool of threads (SyncWorker: one; ThreadPoolWorker: ``max_threads``).
 
@@ -66,17 +124,16 @@ class ThreadExecutor(Executor):
     """
 
     def __init__(self, threads: int, name: str) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"uno-{name}")
+        self._pool = _DaemonThreadPool(threads, name)
 
     async def run(
         self, task: Task[..., Any], args: list[Any], kwargs: dict[str, Any], timeout: float | None
     ) -> Any:
-        loop = asyncio.get_running_loop()
         call = functools.partial(_call_sync, task.func, args, kwargs)
-        return await _with_limit(loop.run_in_executor(self._pool, call), timeout)
+        return await _with_limit(self._pool.submit(call), timeout)
 
     def shutdown(self, wait: bool) -> None:
-        self._pool.shutdown(wait=wait, cancel_futures=True)
+        self._pool.shutdown(wait)
 
 
 class AsyncExecutor(Executor):

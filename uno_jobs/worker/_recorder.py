@@ -55,7 +55,7 @@ class Recorder(threading.Thread):
         super().__init__(name=f"uno-recorder-{name}", daemon=True)
         self._store = store
         self._inbox: queue.SimpleQueue[Entry | threading.Event | None] = queue.SimpleQueue()
-        self._stopped = threading.Event()
+        self._stopping = threading.Event()
 
     def put(self, entry: Entry) -> None:
         self._inbox.put(entry)
@@ -67,6 +67,12 @@ class Recorder(threading.Thread):
         return done.wait(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Write what is pending and end; a store that keeps failing is given up on.
+
+        Outcomes that could not be written are not acked, so the broker delivers those
+        jobs again: nothing is lost.
+        """
+        self._stopping.set()
         self._inbox.put(None)
         self.join(timeout)
 
@@ -95,19 +101,30 @@ class Recorder(threading.Thread):
                 self._write(batch)
             for event in events:
                 event.set()
-        self._stopped.set()
 
     def _write(self, batch: list[Entry]) -> None:
+        try:
+            written = self._write_with_retries(batch)
+        except ValueError:
+            # Bad data, not a store outage: retrying cannot help. Write entry by entry
+            # so one bad update holds back only its own job (left unacknowledged).
+            written = [entry for entry in batch if self._write_one(entry)]
+        for entry in written:
+            if entry.after is not None:
+                try:
+                    entry.after()
+                except Exception:
+                    log.exception("post-record action failed")
+
+    def _write_with_retries(self, batch: list[Entry]) -> list[Entry]:
         updates = _merge([u for entry in batch for u in entry.updates])
         backoff = 0.2
         while True:
             try:
-                if updates:
-                    self._store.apply(updates)
-                for entry in batch:
-                    if entry.dead is not None:
-                        self._store.add_dead_letter(entry.dead)
-                break
+                self._store_entries(updates, batch)
+                return batch
+            except ValueError:
+                raise
             except Exception:
                 log.exception(
                     "writing %d job update(s) to %r failed; retrying in %.1f s "
@@ -116,12 +133,25 @@ class Recorder(threading.Thread):
                     self._store,
                     backoff,
                 )
-                if self._stopped.wait(backoff):
-                    return
+                if self._stopping.wait(backoff):
+                    log.error("recorder stopping: giving up on %d job update(s)", len(updates))
+                    return []
                 backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+
+    def _store_entries(self, updates: list[JobUpdate], batch: list[Entry]) -> None:
+        if updates:
+            self._store.apply(updates)
         for entry in batch:
-            if entry.after is not None:
-                try:
-                    entry.after()
-                except Exception:
-                    log.exception("post-record action failed")
+            if entry.dead is not None:
+                self._store.add_dead_letter(entry.dead)
+
+    def _write_one(self, entry: Entry) -> bool:
+        try:
+            self._write_with_retries([entry])
+        except ValueError:
+            log.exception(
+                "job update refused by the store; its message stays unacknowledged: %r",
+                entry.updates,
+            )
+            return False
+        return True
