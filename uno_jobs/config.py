@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,7 +21,9 @@ __all__ = [
     "ENV_BROKER_URL",
     "ENV_HOME",
     "ENV_STORE_URL",
+    "PluginSettings",
     "embedded_broker_path",
+    "plugin_settings",
     "redact_url",
     "resolve_broker_url",
     "resolve_store_url",
@@ -31,6 +34,9 @@ ENV_HOME = "UNO_JOBS_HOME"
 ENV_BROKER_URL = "UNO_JOBS_BROKER_URL"
 ENV_STORE_URL = "UNO_JOBS_STORE_URL"
 ENV_ALLOWED_MODULES = "UNO_JOBS_ALLOWED_MODULES"
+ENV_DISABLE_PLUGIN_AUTOLOAD = "UNO_JOBS_DISABLE_PLUGIN_AUTOLOAD"
+ENV_PLUGINS = "UNO_JOBS_PLUGINS"
+ENV_BLOCK_PLUGINS = "UNO_JOBS_BLOCK_PLUGINS"
 
 EMBEDDED_SCHEME = "embedded"
 
@@ -78,6 +84,37 @@ def resolve_allowed_modules(option: list[str] | tuple[str, ...] | None) -> tuple
     if option is not None:
         return tuple(option)
     raw = os.environ.get(ENV_ALLOWED_MODULES, "")
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class PluginSettings:
+    """Which third-party plugins to load (the built-ins always load).
+
+    Attributes:
+        autoload: Load every ``uno_jobs`` entry point (``UNO_JOBS_DISABLE_PLUGIN_AUTOLOAD``
+            set to anything but ``0``/``false``/empty turns it off).
+        explicit: Entry point names loaded even with autoload off (``UNO_JOBS_PLUGINS``,
+            comma-separated), as pytest's ``-p NAME``.
+        blocked: Entry point names never loaded (``UNO_JOBS_BLOCK_PLUGINS``).
+    """
+
+    autoload: bool = True
+    explicit: tuple[str, ...] = ()
+    blocked: tuple[str, ...] = ()
+
+
+def plugin_settings() -> PluginSettings:
+    """Plugin settings from the environment."""
+    flag = os.environ.get(ENV_DISABLE_PLUGIN_AUTOLOAD, "").strip().lower()
+    return PluginSettings(
+        autoload=flag in ("", "0", "false", "no"),
+        explicit=_names(os.environ.get(ENV_PLUGINS, "")),
+        blocked=_names(os.environ.get(ENV_BLOCK_PLUGINS, "")),
+    )
+
+
+def _names(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 

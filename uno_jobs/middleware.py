@@ -14,7 +14,14 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["JobView", "Middleware", "MiddlewareChain", "MiddlewareError", "job_view"]
+__all__ = [
+    "JobView",
+    "LogMiddleware",
+    "Middleware",
+    "MiddlewareChain",
+    "MiddlewareError",
+    "job_view",
+]
 
 log = logging.getLogger("uno_jobs.middleware")
 
@@ -49,6 +56,49 @@ class Middleware:
         self, job: JobView, task_func: Callable[..., Any], exception: BaseException
     ) -> None:
         """Called after the task raised."""
+
+
+class LogMiddleware(Middleware):
+    """Logs each job's start, success and failure with its id, task, attempt and worker.
+
+    Available by name as ``"log"`` (``middleware=["log"]``, ``--middleware log``).
+    """
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.log = logger or logging.getLogger("uno_jobs.jobs")
+
+    def _extra(self, job: JobView) -> dict[str, Any]:
+        return {k: job.get(k) for k in ("id", "task", "attempt", "worker_id", "queue")}
+
+    async def before_execution(self, job: JobView, task_func: Callable[..., Any]) -> None:
+        self.log.info(
+            "job %s (%s) attempt %s started",
+            job["id"],
+            job["task"],
+            job["attempt"],
+            extra={"job": self._extra(job)},
+        )
+
+    async def after_execution(
+        self, job: JobView, task_func: Callable[..., Any], result: Any
+    ) -> Any:
+        self.log.info(
+            "job %s (%s) succeeded", job["id"], job["task"], extra={"job": self._extra(job)}
+        )
+        return result
+
+    async def on_error(
+        self, job: JobView, task_func: Callable[..., Any], exception: BaseException
+    ) -> None:
+        self.log.warning(
+            "job %s (%s) attempt %s failed: %s: %s",
+            job["id"],
+            job["task"],
+            job["attempt"],
+            type(exception).__name__,
+            exception,
+            extra={"job": self._extra(job)},
+        )
 
 
 class MiddlewareError(Exception):

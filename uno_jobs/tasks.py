@@ -69,6 +69,8 @@ class Task(Generic[P, R]):
         timeout: Seconds an attempt may run before it is stopped; ``None``: no limit.
         queue: The queue used when the task is enqueued without naming one.
         priority: One of :data:`PRIORITY_LEVELS`.
+        retry_policy: A retry policy name (``"fixed"``, ``"exponential"`` or a plugin's)
+            or object with ``next_delay``; ``None``: the worker's policy.
         is_async: True when ``func`` is a coroutine function.
     """
 
@@ -79,6 +81,7 @@ class Task(Generic[P, R]):
     timeout: float | None
     queue: str | None
     priority: str
+    retry_policy: Any
     is_async: bool
     __wrapped__: Callable[P, R]
     __name__: str
@@ -94,6 +97,7 @@ class Task(Generic[P, R]):
         timeout: float | None = None,
         queue: str | None = None,
         priority: str = "normal",
+        retry_policy: Any = None,
     ) -> None:
         """Wrap ``func``; validate the options.
 
@@ -113,6 +117,7 @@ class Task(Generic[P, R]):
         self.timeout = _check_seconds("timeout", timeout, self.name, allow_zero=False)
         self.queue = _check_queue(queue, self.name)
         self.priority = _check_priority(priority, self.name)
+        self.retry_policy = _check_retry_policy(retry_policy, self.name)
         self.is_async = inspect.iscoroutinefunction(func)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -194,6 +199,16 @@ def _check_priority(value: str, task_name: str) -> str:
     if value not in PRIORITY_LEVELS:
         raise _option_error("priority", value, task_name, "one of " + ", ".join(PRIORITY_LEVELS))
     return value
+
+
+def _check_retry_policy(value: Any, task_name: str) -> Any:
+    if value is None or (isinstance(value, str) and value):
+        return value
+    if callable(getattr(value, "next_delay", None)):
+        return value
+    raise _option_error(
+        "retry_policy", value, task_name, "a policy name or an object with next_delay()"
+    )
 
 
 def _same_definition(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
@@ -298,6 +313,7 @@ def task(
     timeout: float | None = None,
     queue: str | None = None,
     priority: str = "normal",
+    retry_policy: Any = None,
     registry: TaskRegistry | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
@@ -312,6 +328,7 @@ def task(
     timeout: float | None = None,
     queue: str | None = None,
     priority: str = "normal",
+    retry_policy: Any = None,
     registry: TaskRegistry | None = None,
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Make a function a task: ``@task`` or ``@task(name=..., max_retries=..., ...)``.
@@ -326,6 +343,7 @@ def task(
         timeout: Seconds an attempt may run (> 0); None means no limit.
         queue: The queue used when the task is enqueued without naming one.
         priority: One of ``"critical"``, ``"high"``, ``"normal"``, ``"low"``.
+        retry_policy: A retry policy name or object; None: the worker's policy.
         registry: Where to record the task; default :data:`default_registry`.
 
     Returns:
@@ -348,6 +366,7 @@ def task(
             timeout=timeout,
             queue=queue,
             priority=priority,
+            retry_policy=retry_policy,
         )
         target.register(created)
         return created

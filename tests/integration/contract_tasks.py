@@ -61,6 +61,25 @@ def hold_until(folder: str, name: str, release: str, limit: float = 30.0) -> str
     return name
 
 
+def _flaky(folder: str, name: str, failures: int) -> int:
+    """Fail the first ``failures`` attempts (counted with marker files), then succeed."""
+    attempt = len(list(Path(folder).glob(f"{name}.*"))) + 1
+    mark(folder, name)
+    if attempt <= failures:
+        raise ValueError(f"attempt {attempt} fails")
+    return attempt
+
+
+@task(name="contract.flaky", max_retries=2, retry_delay=0)
+def flaky(folder: str, name: str, failures: int) -> int:
+    return _flaky(folder, name, failures)
+
+
+@task(name="contract.flaky_later", max_retries=1, retry_delay=0.5)
+def flaky_later(folder: str, name: str, failures: int) -> int:
+    return _flaky(folder, name, failures)
+
+
 def helper() -> int:
     """Not a task: resolving it by module path must be refused."""
     return 1

@@ -421,3 +421,42 @@ def test_worker_reconnects_after_the_connection_drops(
     finally:
         proxy.close()
         cleanup()
+
+
+def test_failed_attempts_are_retried_until_max_retries(
+    broker_url: str, worker_type: type[BaseWorker], queue_name: str, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        async with opened(queue_name, broker_url) as queue:
+            async with running(make_worker(worker_type, queue, concurrency=2)):
+                recovers = await queue.enqueue("contract.flaky", [str(tmp_path), "r", 2])
+                gives_up = await queue.enqueue("contract.flaky", [str(tmp_path), "g", 5])
+                assert await recovers.wait(timeout=20) == 3
+                with pytest.raises(JobFailedError, match="attempt 3 fails"):
+                    await gives_up.wait(timeout=20)
+            record = await queue.get_job(recovers.id)
+            assert record.status == JobStatus.SUCCEEDED and record.attempts == 3
+            failed = await queue.get_job(gives_up.id)
+            assert failed.status == JobStatus.FAILED and failed.attempts == 3
+            assert len(list(tmp_path.glob("g.*"))) == 3, "max_retries=2: three attempts"
+
+    run(main)
+
+
+def test_delayed_retry_waits_in_the_store(broker_url: str, queue_name: str, tmp_path: Path) -> None:
+    async def main() -> None:
+        async with opened(queue_name, broker_url) as queue:
+            worker = make_worker(get_worker_type("async"), queue, poll_interval=0.1)
+            async with running(worker):
+                job = await queue.enqueue("contract.flaky_later", [str(tmp_path), "d", 1])
+                await async_wait_until(lambda: list(tmp_path.glob("d.*")), timeout=15)
+                await async_wait_until(
+                    lambda: queue.get_job_sync(job.id).status == JobStatus.SCHEDULED, timeout=5
+                )
+                assert await queue.size() == 0, "a delayed retry is not on the broker yet"
+                assert queue.store.scheduled_count() == 1
+                assert await job.wait(timeout=15) == 2
+            starts = sorted(float(p.read_text()) for p in tmp_path.glob("d.*"))
+            assert starts[1] - starts[0] >= 0.5
+
+    run(main)

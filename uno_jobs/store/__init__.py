@@ -44,6 +44,7 @@ __all__ = [
     "JobStore",
     "JobUpdate",
     "ScheduledJob",
+    "open_builtin_store",
     "open_store",
 ]
 
@@ -56,7 +57,38 @@ def open_store(
     retention_seconds: float = DEFAULT_RETENTION_SECONDS,
     result_limit_bytes: int = DEFAULT_RESULT_LIMIT_BYTES,
 ) -> JobStore:
-    """Open the job store that ``url`` names (see the module docstring for the schemes).
+    """Open the job store that ``url`` names, by its scheme.
+
+    The built-in schemes and those of plugins (``uno_jobs_job_stores``) resolve the same
+    way, through the plugin manager.
+
+    Raises:
+        ConfigurationError: no store has that scheme, or the store refused the URL.
+    """
+    from uno_jobs.plugins import get_plugins
+
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError as exc:
+        raise _bad_url(url, f"malformed ({exc})") from None
+    stores = get_plugins().job_stores()
+    factory = stores.get(scheme)
+    if factory is None:
+        known = ", ".join(f"{name}://" for name in stores)
+        raise ConfigurationError(
+            f"bad job store URL {_shown(url)!r}: unknown scheme {scheme!r}; "
+            f"supported schemes: {known}"
+        )
+    return factory(url, retention_seconds=retention_seconds, result_limit_bytes=result_limit_bytes)
+
+
+def open_builtin_store(
+    url: str,
+    *,
+    retention_seconds: float = DEFAULT_RETENTION_SECONDS,
+    result_limit_bytes: int = DEFAULT_RESULT_LIMIT_BYTES,
+) -> JobStore:
+    """Open a built-in job store (see the module docstring for the schemes).
 
     Nothing is connected yet: the store connects on first use.
 
@@ -129,7 +161,7 @@ def _parse(url: str) -> tuple[SplitResult, dict[str, str]]:
     return parts, options
 
 
-def _bad_url(url: str, problem: str) -> ConfigurationError:
+def _shown(url: str) -> str:
     try:
         shown = redact_url(url)
     except ValueError:  # a port that is not a number
@@ -137,6 +169,11 @@ def _bad_url(url: str, problem: str) -> ConfigurationError:
     if shown == "<unparsable url>":
         # urlsplit gave up, so hide whatever sits between "user:" and "@" by hand.
         shown = re.sub(r"(//[^/@:]*:)[^@]*@", r"\1***@", url)
+    return shown
+
+
+def _bad_url(url: str, problem: str) -> ConfigurationError:
+    shown = _shown(url)
     schemes = ", ".join(f"{scheme}://" for scheme in SUPPORTED_SCHEMES)
     return ConfigurationError(
         f"bad job store URL {shown!r}: {problem}; supported schemes: {schemes}"

@@ -12,6 +12,7 @@ States: initialized → starting → running ⇄ paused → shutting_down → st
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -24,7 +25,14 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar
 
-from uno_jobs.broker import Broker, ConsumerThread, Delivery, level_queues
+from uno_jobs.broker import (
+    Broker,
+    ConsumerThread,
+    Delivery,
+    Outgoing,
+    level_queue_name,
+    level_queues,
+)
 from uno_jobs.config import resolve_allowed_modules, resolve_broker_url, resolve_store_url
 from uno_jobs.errors import (
     ConfigurationError,
@@ -33,10 +41,19 @@ from uno_jobs.errors import (
     UnknownTaskError,
     WorkerStateError,
 )
-from uno_jobs.message import PRIORITY_LEVELS, Message, decode, timestamp_from_iso
+from uno_jobs.message import (
+    PRIORITY_LEVELS,
+    Message,
+    decode,
+    encode,
+    iso_from_timestamp,
+    timestamp_from_iso,
+)
 from uno_jobs.metrics import WorkerStats
 from uno_jobs.middleware import MiddlewareChain, job_view
-from uno_jobs.schedule import DueJobMover
+from uno_jobs.plugins import get_plugins
+from uno_jobs.retry import RetryContext, RetryPolicy
+from uno_jobs.schedule import DueJobMover, scheduled_entry
 from uno_jobs.store import JobStatus, JobStore, JobUpdate, open_store
 from uno_jobs.tasks import Task, TaskResolver, get_default_registry
 from uno_jobs.worker._deadletter import DeadLetterer
@@ -51,6 +68,8 @@ log = logging.getLogger("uno_jobs.worker")
 _LEVEL_RANK = {level: rank for rank, level in enumerate(PRIORITY_LEVELS)}
 _ids = itertools.count(1)
 _WORKER_LOST_LIMIT = 3
+# A retry re-sends a message that was accepted once; only the transport limits its size.
+_RETRY_MAX_BYTES = 64 * 1024 * 1024
 
 
 class WorkerState:
@@ -89,7 +108,15 @@ class BaseWorker:
         self.broker_url = resolve_broker_url(opts.broker_url)
         self.store_url = resolve_store_url(opts.store_url, self.broker_url)
         self._levels = level_queues(self.queue_name, opts.priority_levels)
-        self._middleware = MiddlewareChain(opts.middleware)
+        plugins = get_plugins()
+        self._middleware = MiddlewareChain(
+            [
+                plugins.lookup("middleware", m)() if isinstance(m, str) else m
+                for m in opts.middleware
+            ]
+        )
+        self._retry_policy = _resolve_policy(opts.retry_policy)
+        self._task_policies: dict[str, RetryPolicy] = {}
         self._resolver = TaskResolver(
             opts.registry or get_default_registry(),
             resolve_allowed_modules(opts.allowed_modules),
@@ -145,6 +172,7 @@ class BaseWorker:
             await asyncio.to_thread(self._close_resources)
             raise
         self.stats.restart()
+        get_plugins().worker_boot(self)
         self.state = WorkerState.RUNNING
         self._fill_slots()
         log.info(
@@ -261,6 +289,7 @@ class BaseWorker:
         assert self._stopped is not None
         self._stopped.set()
         log.info("worker %s stopped", self.worker_id)
+        get_plugins().worker_stopped(self)
 
     def _abandon_running(self) -> None:
         """Drop running jobs: their messages go back to the broker when it closes."""
@@ -486,7 +515,12 @@ class BaseWorker:
                 return
             if view is not None:
                 await self._middleware.on_error(view, task.func, exc)
-            self._record_failure(run, message, exc, time.perf_counter() - t0)
+            duration = time.perf_counter() - t0
+            delay = self._retry_delay(task, message, exc)
+            if delay is None:
+                self._record_failure(run, message, exc, duration)
+            else:
+                self._retry(run, message, exc, delay, duration)
             return
         if run.discarded:
             return
@@ -560,6 +594,88 @@ class BaseWorker:
         )
         self._check_max_failures()
 
+    def _retry_delay(
+        self, task: Task[..., Any], message: Message, exc: BaseException
+    ) -> float | None:
+        """Seconds until the next attempt, or ``None`` when the job has failed for good."""
+        if message.attempt > task.max_retries:
+            return None
+        policy = self._policy_for(task)
+        context = RetryContext(
+            message.attempt, task.max_retries, task.retry_delay, exc, message.task
+        )
+        try:
+            delay = policy.next_delay(context)
+        except Exception:
+            log.exception("retry policy %r raised; job %s is not retried", policy, message.id)
+            return None
+        return None if delay is None else max(0.0, float(delay))
+
+    def _policy_for(self, task: Task[..., Any]) -> RetryPolicy:
+        chosen = task.retry_policy
+        if chosen is None:
+            return self._retry_policy
+        if not isinstance(chosen, str):
+            return chosen  # type: ignore[no-any-return]
+        policy = self._task_policies.get(chosen)
+        if policy is None:
+            policy = self._task_policies[chosen] = _resolve_policy(chosen)
+        return policy
+
+    def _retry(
+        self, run: _Run, message: Message, exc: BaseException, delay: float, duration: float
+    ) -> None:
+        """Record the failed attempt and send the job again, now or after ``delay``.
+
+        A delayed retry goes to the store's schedule (never held in memory); the message
+        is acked only once the retry is recorded (scheduled, or published).
+        """
+        assert self._recorder is not None and self._consumer is not None
+        self.stats.job_finished(False, duration)
+        log.warning(
+            "job %s (%s) attempt %d failed: %s: %s; retrying in %.3g s",
+            message.id,
+            message.task,
+            message.attempt,
+            type(exc).__name__,
+            exc,
+            delay,
+            extra={
+                "job_id": message.id,
+                "task": message.task,
+                "attempt": message.attempt,
+                "worker_id": self.worker_id,
+            },
+        )
+        now = time.time()
+        again = dataclasses.replace(
+            message,
+            retries=message.retries + 1,
+            eta=iso_from_timestamp(now + delay) if delay else None,
+            extra_headers=dict(message.extra_headers),
+        )
+        encoded = encode(again, max_bytes=_RETRY_MAX_BYTES)
+        routing_key = level_queue_name(self.queue_name, message.priority)
+        fields = {
+            "status": JobStatus.SCHEDULED if delay else JobStatus.RETRYING,
+            "attempts": message.attempt,
+            "error_type": type(exc).__name__,
+            "error_message": str(exc),
+            "error_traceback": "".join(traceback.format_exception(exc))[-8192:],
+        }
+        update = JobUpdate(message.id, message.task, self.queue_name, fields)
+        tag, consumer = run.delivery.tag, self._consumer
+        if delay:
+            entry = scheduled_entry(
+                message.id, message.task, self.queue_name, routing_key, now + delay, encoded
+            )
+            self._recorder.put(Entry([update], schedule=entry, after=lambda: consumer.ack(tag)))
+        else:
+            outgoing = Outgoing(routing_key, encoded)
+            self._recorder.put(
+                Entry([update], after=lambda: consumer.publish_then_ack(tag, outgoing))
+            )
+
     def _check_max_failures(self) -> None:
         limit = self.options.max_failures
         if limit and self.stats.consecutive_failures >= limit and self.state == WorkerState.RUNNING:
@@ -587,6 +703,14 @@ class BaseWorker:
                 "worker_id": self.worker_id,
             }
         )
+
+
+def _resolve_policy(chosen: Any) -> RetryPolicy:
+    if isinstance(chosen, str):
+        factory = get_plugins().lookup("retry policies", chosen)
+        policy: RetryPolicy = factory()
+        return policy
+    return chosen  # type: ignore[no-any-return]
 
 
 def _effective_timeout(task_timeout: float | None, max_job_duration: float | None) -> float | None:

@@ -41,7 +41,7 @@ class WorkerOptions(BaseModel):
     heartbeat_interval: float = Field(30.0, gt=0)
     max_job_duration: float | None = Field(None, gt=0)
     healthcheck_interval: float = Field(60.0, gt=0)
-    middleware: list[Middleware] = Field(default_factory=list)
+    middleware: list[Middleware | str] = Field(default_factory=list)
     max_failures: int | None = Field(None, ge=1)
     metrics_enabled: bool = True
     metrics_interval: float = Field(10.0, gt=0)
@@ -50,6 +50,22 @@ class WorkerOptions(BaseModel):
     store_url: str | None = None
     allowed_modules: list[str] | None = None
     registry: TaskRegistry | None = None
+    retry_policy: Any = "fixed"
+
+    @field_validator("middleware")
+    @classmethod
+    def _middleware(cls, value: list[Middleware | str]) -> list[Middleware | str]:
+        for item in value:
+            if isinstance(item, str) and not item:
+                raise ValueError("a middleware name must not be empty")
+        return value
+
+    @field_validator("retry_policy")
+    @classmethod
+    def _retry_policy(cls, value: Any) -> Any:
+        if (isinstance(value, str) and value) or callable(getattr(value, "next_delay", None)):
+            return value
+        raise ValueError("must be a retry policy name or an object with next_delay()")
 
     @field_validator("priority_levels")
     @classmethod
@@ -95,12 +111,29 @@ def build_options(model: type[WorkerOptions], owner: str, values: dict[str, Any]
     try:
         return model(**values)
     except ValidationError as exc:
-        problems = []
+        problems: dict[str, list[str]] = {}
         for err in exc.errors():
-            option = ".".join(str(p) for p in err["loc"]) or "?"
+            option = _option_path(err["loc"])
             if err["type"] == "extra_forbidden":
                 allowed = ", ".join(sorted(model.model_fields))
-                problems.append(f"unknown option {option!r} (allowed: {allowed})")
+                problems.setdefault(option, []).append(f"unknown option (allowed: {allowed})")
             else:
-                problems.append(f"option {option!r}: {err['msg']} (got {err.get('input')!r})")
-        raise ConfigurationError(f"{owner}: " + "; ".join(problems)) from None
+                problems.setdefault(option, []).append(f"{err['msg']} (got {err.get('input')!r})")
+        text = "; ".join(_describe(option, msgs) for option, msgs in problems.items())
+        raise ConfigurationError(f"{owner}: {text}") from None
+
+
+def _describe(option: str, messages: list[str]) -> str:
+    if messages[0].startswith("unknown option"):
+        return f"unknown option {option!r} {messages[0].removeprefix('unknown option ')}"
+    return f"option {option!r}: " + " or ".join(dict.fromkeys(messages))
+
+
+def _option_path(loc: tuple[int | str, ...]) -> str:
+    """``middleware.0`` from pydantic's ``('middleware', 0, 'is-instance[Middleware]')``."""
+    parts = [str(loc[0])] if loc else ["?"]
+    for item in loc[1:]:
+        if not isinstance(item, int):
+            break
+        parts.append(str(item))
+    return ".".join(parts)

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from uno_jobs.store import DeadLetter, JobStore, JobUpdate
+from uno_jobs.store import DeadLetter, JobStore, JobUpdate, ScheduledJob
 
 __all__ = ["Entry", "Recorder"]
 
@@ -26,11 +26,12 @@ _MAX_BACKOFF_SECONDS = 5.0
 
 @dataclass(slots=True)
 class Entry:
-    """Updates to write, an optional dead letter to index, and what to do after."""
+    """Updates to write, a dead letter to index or a retry to schedule, and what to do after."""
 
     updates: Sequence[JobUpdate]
     dead: DeadLetter | None = None
     after: Callable[[], None] | None = None
+    schedule: ScheduledJob | None = None
 
 
 def _merge(updates: list[JobUpdate]) -> list[JobUpdate]:
@@ -144,6 +145,8 @@ class Recorder(threading.Thread):
         for entry in batch:
             if entry.dead is not None:
                 self._store.add_dead_letter(entry.dead)
+            if entry.schedule is not None:
+                self._store.schedule(entry.schedule)
 
     def _write_one(self, entry: Entry) -> bool:
         try:

@@ -1,0 +1,75 @@
+"""The hook specifications of uno_jobs. Every hook name starts with ``uno_jobs_``.
+
+Contribution hooks are called once, at start-up, and return mappings from a name to a
+class or factory; the per-job path then calls those plain objects, never pluggy. Boot
+hooks run when a worker starts or stops and when a process-pool child starts.
+
+A plugin is a module or object with functions marked ``@uno_jobs.hookimpl``, declared as
+an entry point in the group ``uno_jobs``::
+
+    [project.entry-points.uno_jobs]
+    my_plugin = "my_package.uno_plugin"
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from uno_jobs.middleware import Middleware
+    from uno_jobs.retry import RetryPolicy
+    from uno_jobs.store import JobStore
+    from uno_jobs.worker import BaseWorker
+
+PROJECT = "uno_jobs"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def uno_jobs_worker_types() -> Mapping[str, type[BaseWorker]]:  # type: ignore[empty-body]
+    """Worker types by name, as ``uno-jobs worker --type NAME`` selects them."""
+
+
+@hookspec
+def uno_jobs_middleware() -> Mapping[str, Callable[[], Middleware]]:  # type: ignore[empty-body]
+    """Middleware factories by name, as ``middleware=["name"]`` or ``--middleware`` select them."""
+
+
+@hookspec
+def uno_jobs_retry_policies() -> Mapping[str, Callable[..., RetryPolicy]]:  # type: ignore[empty-body]
+    """Retry policy factories by name, as ``@task(retry_policy="name")`` selects them."""
+
+
+@hookspec
+def uno_jobs_job_stores() -> Mapping[str, Callable[..., JobStore]]:  # type: ignore[empty-body]
+    """Job store factories by URL scheme, called as ``factory(url, **options)``."""
+
+
+@hookspec
+def uno_jobs_metrics_exporters() -> Mapping[str, Callable[..., Any]]:  # type: ignore[empty-body]
+    """Metrics exporter factories by name; an exporter is started with the worker."""
+
+
+@hookspec
+def uno_jobs_add_cli_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Add sub-commands to ``uno-jobs``; set ``func`` with ``parser.set_defaults``."""
+
+
+@hookspec
+def uno_jobs_worker_boot(worker: BaseWorker) -> None:
+    """A worker is starting (options validated, not yet consuming)."""
+
+
+@hookspec
+def uno_jobs_worker_stopped(worker: BaseWorker) -> None:
+    """A worker has stopped."""
+
+
+@hookspec
+def uno_jobs_child_boot() -> None:
+    """A process-pool child process started (set up tracing or metrics there)."""
