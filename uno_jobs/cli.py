@@ -29,6 +29,16 @@ __all__ = ["main"]
 
 log = logging.getLogger("uno_jobs.cli")
 
+_CONTRIBUTION_HOOKS = frozenset(
+    {
+        "uno_jobs_worker_types",
+        "uno_jobs_middleware",
+        "uno_jobs_retry_policies",
+        "uno_jobs_job_stores",
+        "uno_jobs_metrics_exporters",
+    }
+)
+
 
 def _json_arg(kind: type) -> Any:
     def parse(text: str) -> Any:
@@ -92,6 +102,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--shutdown-timeout", type=float, default=None)
     w.add_argument("--max-failures", type=int, default=None)
+    w.add_argument(
+        "--middleware",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="middleware by name, from uno_jobs or a plugin (repeatable)",
+    )
+    w.add_argument(
+        "--retry-policy",
+        default=None,
+        metavar="NAME",
+        help="the worker's retry policy (default: fixed)",
+    )
+    w.set_defaults(func=_worker)
 
     e = sub.add_parser("enqueue", help="enqueue one job")
     e.add_argument("task")
@@ -110,36 +134,44 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="wait for the result and print it",
     )
+    e.set_defaults(func=_enqueue)
 
     j = sub.add_parser("job", help="show a job's record as JSON")
     j.add_argument("job_id")
     j.add_argument("--queue", "-Q", default="default")
     j.add_argument("--broker", default=None)
     j.add_argument("--store", default=None)
+    j.set_defaults(func=_job)
 
     d = sub.add_parser("demo", help="run example jobs on the embedded broker (no server)")
     d.add_argument("--jobs", type=int, default=300)
     d.add_argument("--concurrency", type=int, default=50)
+    d.set_defaults(func=_demo)
+
+    p = sub.add_parser("plugins", help="list the loaded plugins and what they contribute")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_plugins)
+
+    from uno_jobs.plugins import get_plugins
+
+    get_plugins().add_cli_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        parser = _parser()
+    except ConfigurationError as exc:  # a broken or conflicting plugin
+        print(f"uno-jobs: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        if args.command == "worker":
-            return _worker(args)
-        if args.command == "enqueue":
-            return _enqueue(args)
-        if args.command == "job":
-            return _job(args)
-        if args.command == "demo":
-            from uno_jobs.demo import run_demo
-
-            return asyncio.run(run_demo(args.jobs, args.concurrency))
+        code = args.func(args)
+        return int(code or 0)
     except ConfigurationError as exc:
         print(f"uno-jobs: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -152,7 +184,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UnoJobsError as exc:
         print(f"uno-jobs: {exc}", file=sys.stderr)
         return 1
-    return 2
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from uno_jobs.demo import run_demo
+
+    return asyncio.run(run_demo(args.jobs, args.concurrency))
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from uno_jobs.plugins import get_plugins
+
+    infos = get_plugins().infos()
+    if args.json:
+        print(json.dumps([info.__dict__ for info in infos], indent=2, default=list))
+        return 0
+    for info in infos:
+        kind = "built-in" if info.builtin else "plugin"
+        print(f"{info.name}  ({kind}; {info.distribution} {info.version})")
+        for what, names in info.contributes.items():
+            if names:
+                print(f"    {what}: {', '.join(names)}")
+        others = [h for h in info.hooks if h not in _CONTRIBUTION_HOOKS]
+        if others:
+            print(f"    hooks: {', '.join(others)}")
+    return 0
 
 
 def _import_apps(modules: list[str]) -> None:
@@ -191,6 +247,10 @@ def _worker(args: argparse.Namespace) -> int:
         options["shutdown_timeout"] = args.shutdown_timeout
     if args.max_failures is not None:
         options["max_failures"] = args.max_failures
+    if args.middleware:
+        options["middleware"] = list(args.middleware)
+    if args.retry_policy is not None:
+        options["retry_policy"] = args.retry_policy
     worker = cls(**{k: v for k, v in options.items() if v is not None})
     return asyncio.run(worker.run())
 

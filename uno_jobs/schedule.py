@@ -85,14 +85,26 @@ class DueJobMover(threading.Thread):
         if not claimed:
             return 0
         items: list[Outgoing] = []
-        updates: list[JobUpdate] = []
+        queued: list[JobUpdate] = []
         for entry in claimed:
             item, data = _outgoing(entry)
             items.append(item)
-            updates.append(
+            queued.append(
                 JobUpdate(entry.job_id, data["task"], data["queue"], {"status": JobStatus.QUEUED})
             )
-        self._broker.publish(items)
-        self._store.apply(updates)
+        # Status first: once published, a worker may run the job and record its outcome
+        # at once, which a later "queued" would overwrite.
+        self._store.apply(queued)
+        try:
+            self._broker.publish(items)
+        except BaseException:
+            self._store.apply(
+                [
+                    JobUpdate(u.job_id, u.task, u.queue, {"status": JobStatus.SCHEDULED})
+                    for u in queued
+                ]
+            )
+            raise
+        log.debug("published %d due job(s)", len(items))
         self._store.release_scheduled([e.job_id for e in claimed])
         return len(claimed)

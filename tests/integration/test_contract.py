@@ -351,14 +351,20 @@ def test_unreachable_broker_fails_fast(url: str, uno_home: Path, queue_name: str
 
 
 @pytest.mark.parametrize("kind", ["embedded", "redis", "amqp"])
+@pytest.mark.parametrize("window", ["open", "full"])
 def test_long_job_is_not_redelivered_while_its_worker_lives(
-    kind: str, uno_home: Path, queue_name: str, tmp_path: Path
+    kind: str, window: str, uno_home: Path, queue_name: str, tmp_path: Path
 ) -> None:
     url, cleanup = make_broker_url(kind, visibility_timeout=1.5)
+    # "full": a SyncWorker without prefetch holds one message, so its window is full while
+    # the job runs and the consumer does not poll the broker.
+    first_type, first_options = ("async", {}) if window == "open" else ("sync", {"prefetch": False})
 
     async def main() -> None:
         async with opened(queue_name, url) as queue:
-            first = make_worker(get_worker_type("async"), queue, worker_id="first")
+            first = make_worker(
+                get_worker_type(first_type), queue, worker_id="first", **first_options
+            )
             second = make_worker(get_worker_type("async"), queue, worker_id="second")
             async with running(first):
                 job = await queue.enqueue("contract.mark", [str(tmp_path), "long", 4.0])

@@ -25,6 +25,7 @@ from typing import Any
 from kombu.connection import Connection
 from kombu.messaging import Consumer as KombuConsumer
 
+from uno_jobs.broker._amqp import buffer_reads, rpc_timeout, set_socket_timeout
 from uno_jobs.broker._publisher import Outgoing, PublishSession
 from uno_jobs.broker._spec import BrokerSpec
 from uno_jobs.broker._topology import kombu_queue
@@ -80,10 +81,12 @@ class ConsumerThread(threading.Thread):
         self._prefetch = prefetch_count
         self._on_delivery = on_delivery
         self._commands: deque[Callable[[], None]] = deque()
+        self._commands_ready = threading.Event()
         self._held: dict[int, Any] = {}
         # AMQP acks of one command round, sent together (``multiple`` where possible).
         self._acks: list[Any] = []
-        self._batch_acks = spec.kind == "amqp"
+        self._amqp = spec.kind == "amqp"
+        self._batch_acks = self._amqp
         self._next_tag = 0
         self._stopping = threading.Event()
         self._consuming_wanted = True
@@ -112,25 +115,25 @@ class ConsumerThread(threading.Thread):
             raise self._start_error
 
     def ack(self, tag: int) -> None:
-        self._commands.append(lambda: self._settle(tag, ack=True))
+        self._command(lambda: self._settle(tag, ack=True))
 
     def reject(self, tag: int, requeue: bool) -> None:
-        self._commands.append(lambda: self._settle(tag, ack=False, requeue=requeue))
+        self._command(lambda: self._settle(tag, ack=False, requeue=requeue))
 
     def publish_then_ack(self, tag: int, item: Outgoing) -> None:
         """Publish ``item`` (e.g. to ``q.dead``), then ack ``tag`` once it is confirmed.
 
         If the publish fails the message is not acked, so the broker delivers it again.
         """
-        self._commands.append(lambda: self._publish_then_ack(tag, item))
+        self._command(lambda: self._publish_then_ack(tag, item))
 
     def set_consuming(self, wanted: bool) -> None:
         """Stop or restart taking new messages (pause/resume)."""
-        self._commands.append(lambda: self._apply_consuming(wanted))
+        self._command(lambda: self._apply_consuming(wanted))
 
     def call(self, func: Callable[[], None]) -> None:
         """Run ``func`` in this thread (used for hand-backs that must follow acks)."""
-        self._commands.append(func)
+        self._command(func)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Hand back every held message, close the connection and end the thread."""
@@ -204,8 +207,9 @@ class ConsumerThread(threading.Thread):
         assert self._conn is not None
         channel = self._conn.default_channel
         waiting = 0
-        for name, _ in self._queues:
-            waiting += kombu_queue(name)(channel).queue_declare().message_count
+        with self._rpc():
+            for name, _ in self._queues:
+                waiting += kombu_queue(name)(channel).queue_declare().message_count
         if waiting and time.monotonic() - self.last_activity >= _WATCHDOG_SECONDS:
             raise ConnectionError(
                 f"{waiting} job(s) waiting but nothing received for "
@@ -213,14 +217,14 @@ class ConsumerThread(threading.Thread):
             )
 
     def _keep_leases(self) -> None:
-        """Keep held Redis messages from being redelivered while this worker is alive.
+        """Keep held messages from being redelivered while this worker is alive.
 
-        kombu's Redis transport redelivers a message whose entry in its unacked index is
-        older than the visibility timeout; running jobs refresh their entries every third
-        of it. (The embedded transport extends its own leases while it is polled;
-        RabbitMQ redelivers only when the connection closes.)
+        Redis (kombu's transport) redelivers a message whose entry in its unacked index is
+        older than the visibility timeout; the embedded transport one whose lease ran out.
+        Held messages are refreshed every third of the timeout, also while the window is
+        full and nothing is polled. (RabbitMQ redelivers only when the connection closes.)
         """
-        if self.spec.kind != "redis" or not self._held:
+        if self.spec.kind not in ("redis", "embedded") or not self._held:
             return
         now = time.monotonic()
         if now - self._leases_kept_at < self.spec.visibility_timeout / 3:
@@ -228,13 +232,30 @@ class ConsumerThread(threading.Thread):
         self._leases_kept_at = now
         assert self._conn is not None
         channel: Any = self._conn.default_channel
+        if self.spec.kind == "embedded":
+            channel.extend_leases()
+            return
         stamp = time.time()
         tags = {message.delivery_tag: stamp for message in self._held.values()}
         with channel.conn_or_acquire() as client:
             client.zadd(channel.unacked_index_key, tags, xx=True)
 
+    def _command(self, func: Callable[[], None]) -> None:
+        self._commands.append(func)
+        self._commands_ready.set()
+
     def _drain(self) -> None:
+        """Wait for messages, or for commands when the window is full.
+
+        With the in-flight window full the broker sends nothing until an ack frees a
+        slot, so waiting in ``drain_events`` would only delay those acks by a tick: wait
+        for the next command instead.
+        """
         assert self._conn is not None
+        if len(self._held) >= self._prefetch or not self._consuming_wanted:
+            if self._commands_ready.wait(_TICK_SECONDS):
+                self._commands_ready.clear()
+            return
         with contextlib.suppress(TimeoutError):
             self._conn.drain_events(timeout=_TICK_SECONDS)
 
@@ -277,19 +298,17 @@ class ConsumerThread(threading.Thread):
         queues = [kombu_queue(name)(channel) for name, _ in self._queues]
         for queue in queues:
             queue.declare()
+        # on_message hands over the raw message: the body is decoded once, by the worker.
         self._consumer = KombuConsumer(
-            channel, queues=queues, callbacks=[self._receive], accept=None, no_ack=False
+            channel, queues=queues, on_message=self._receive, accept=None, no_ack=False
         )
         self._consumer.qos(prefetch_count=self._prefetch)
-        if self.spec.kind == "amqp":
-            # py-amqp sets and restores the socket timeout around every frame read unless
-            # it already equals the one asked for: make the tick the socket's own timeout.
-            sock = getattr(getattr(conn.connection, "transport", None), "sock", None)
-            if sock is not None:
-                sock.settimeout(_TICK_SECONDS)
         self._session = PublishSession(self.spec, connection=conn)
         if self._consuming_wanted:
             self._consumer.consume()
+        if self._amqp:
+            buffer_reads(conn)
+            set_socket_timeout(conn, _TICK_SECONDS)
         self.connected = True
         self.last_activity = time.monotonic()
 
@@ -308,7 +327,13 @@ class ConsumerThread(threading.Thread):
                 log.debug("releasing a broken connection failed", exc_info=True)
             self._conn = None
 
-    def _receive(self, body: Any, message: Any) -> None:
+    def _rpc(self) -> contextlib.AbstractContextManager[None]:
+        """Broker calls that wait for a reply get a long socket timeout meanwhile."""
+        if not self._amqp or self._conn is None:
+            return contextlib.nullcontext()
+        return rpc_timeout(self._conn, self.spec.confirm_timeout, _TICK_SECONDS)
+
+    def _receive(self, message: Any) -> None:
         self._next_tag += 1
         tag = self._next_tag
         self._held[tag] = message
@@ -347,7 +372,8 @@ class ConsumerThread(threading.Thread):
             return
         assert self._session is not None
         try:
-            self._session.publish([item])
+            with self._rpc():
+                self._session.publish([item])
         except BrokerUnavailableError:
             log.warning("publish to %s failed; the message will be redelivered", item.routing_key)
             raise
@@ -358,16 +384,18 @@ class ConsumerThread(threading.Thread):
         consumer = self._consumer
         if consumer is None:
             return
-        if wanted:
-            consumer.consume()
-        else:
-            consumer.cancel()
+        with self._rpc():
+            if wanted:
+                consumer.consume()
+            else:
+                consumer.cancel()
 
     def _shutdown(self) -> None:
         try:
             self._run_commands()
             if self._consumer is not None:
-                self._consumer.cancel()
+                with self._rpc():
+                    self._consumer.cancel()
             for tag in list(self._held):
                 self._settle(tag, ack=False, requeue=True)
         except Exception:

@@ -21,6 +21,7 @@ from kombu.connection import Connection
 from kombu.exceptions import OperationalError
 from kombu.messaging import Producer
 
+from uno_jobs.broker._amqp import buffer_reads
 from uno_jobs.broker._spec import BrokerSpec
 from uno_jobs.broker._topology import kombu_queue
 from uno_jobs.errors import BrokerUnavailableError
@@ -84,6 +85,8 @@ class PublishSession:
             self._conn.ensure_connection(max_retries=1, timeout=self.spec.connect_timeout)
             self._channel = self._conn.channel()
             if self.spec.kind == "amqp":
+                if self._own_conn:
+                    buffer_reads(self._conn)
                 self._confirms = _Confirms(self._channel)
             self._producer = Producer(self._channel)
         return self._producer

@@ -13,7 +13,7 @@ from uno_jobs.errors import ConfigurationError
 
 __all__ = ["BrokerKind", "BrokerSpec", "parse_broker_url"]
 
-BrokerKind = Literal["amqp", "redis", "sqs", "embedded"]
+BrokerKind = Literal["amqp", "redis", "sqs", "embedded", "memory"]
 
 _SCHEMES: dict[str, BrokerKind] = {
     "amqp": "amqp",
@@ -23,15 +23,17 @@ _SCHEMES: dict[str, BrokerKind] = {
     "rediss": "redis",
     "sqs": "sqs",
     EMBEDDED_SCHEME: "embedded",
+    # kombu's in-process transport: one process only, for tests (uno_jobs.testing).
+    "memory": "memory",
 }
 
 # Options a broker URL may carry in its query string, with the kinds they apply to.
 _QUERY_OPTIONS: dict[str, tuple[BrokerKind, ...]] = {
     "visibility_timeout": ("redis", "sqs", "embedded"),
     "key_prefix": ("redis",),
-    "polling_interval": ("redis", "sqs", "embedded"),
-    "connect_timeout": ("amqp", "redis", "sqs", "embedded"),
-    "confirm_timeout": ("amqp", "redis", "sqs", "embedded"),
+    "polling_interval": ("redis", "sqs", "embedded", "memory"),
+    "connect_timeout": ("amqp", "redis", "sqs", "embedded", "memory"),
+    "confirm_timeout": ("amqp", "redis", "sqs", "embedded", "memory"),
     "restore_interval": ("redis",),
     "region": ("sqs",),
 }
@@ -83,6 +85,12 @@ class BrokerSpec:
                     "visibility_timeout": self.visibility_timeout,
                     **_float_options(self.options, "polling_interval"),
                 },
+            )
+        if self.kind == "memory":
+            interval = _float_options(self.options, "polling_interval").get("polling_interval")
+            return Connection(
+                "memory://",
+                transport_options={"polling_interval": interval or 0.01},
             )
         base = _without_query(self.url)
         transport_options: dict[str, Any] = {}

@@ -328,6 +328,12 @@ class BaseWorker:
 
     # -- health and metrics -------------------------------------------------------------
 
+    @property
+    def in_flight(self) -> int:
+        """Messages this worker holds: running, prefetched, or awaiting their ack."""
+        held = self._consumer.held if self._consumer is not None else 0
+        return max(held, len(self._running) + len(self._buffer)) + len(self._inbox)
+
     async def get_health(self) -> dict[str, Any]:
         """``status, uptime, jobs_processed, failure_rate, current_jobs, last_job_completed``."""
         return {
