@@ -16,6 +16,7 @@ from uno_jobs.errors import (
     UnoJobsError,
 )
 from uno_jobs.middleware import Middleware
+from uno_jobs.plugins import hookimpl
 from uno_jobs.queue import JobHandle, JobSpec, Queue
 from uno_jobs.store import JobRecord, JobStatus
 from uno_jobs.tasks import Task, TaskRegistry, task
@@ -44,5 +45,6 @@ __all__ = [
     "ThreadPoolWorker",
     "UnoJobsError",
     "__version__",
+    "hookimpl",
     "task",
 ]

@@ -80,6 +80,12 @@ def flaky_later(folder: str, name: str, failures: int) -> int:
     return _flaky(folder, name, failures)
 
 
+@task(name="contract.flaky_hourly", max_retries=2, retry_delay=3600)
+def flaky_hourly(folder: str, name: str, failures: int) -> int:
+    """Retried after an hour by the default policy; at once by a policy that says so."""
+    return _flaky(folder, name, failures)
+
+
 def helper() -> int:
     """Not a task: resolving it by module path must be refused."""
     return 1

@@ -1,0 +1,242 @@
+"""One measurement of each system on one broker: uno_jobs, raw kombu, Celery, Dramatiq.
+
+Each function runs its producer and its worker (or the kombu loop) in subprocesses and
+returns ``Sample`` values; a failed step becomes a sample with ``seconds=None`` and the
+reason, so one broken system does not lose the rest of the run.
+
+Timing:
+
+- uno_jobs: from the worker's ``start()`` call to the completion of job N, measured in
+  the worker process (its connect is inside the window).
+- Celery and Dramatiq: from the start of the first job to the end of job N, measured in
+  the worker process by ``benchmarks._completion`` (their process start-up, imports and
+  connect are outside the window; the wall time from launch is logged beside it).
+- raw kombu: each publish loop and each consume loop, measured around the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from benchmarks import _proc
+from benchmarks._brokers import RunNames
+from benchmarks.bench_tasks import ASYNC_TASK, SYNC_TASK
+from benchmarks.report import Sample
+
+__all__ = ["KOMBU_PREFETCHES", "RUNNERS", "Context"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KOMBU_PREFETCHES = (100, 150)
+_MIN_RATE = 50.0  # jobs/s below which a worker run is declared stalled
+_UNO_LEVELS = ("", ".critical", ".high", ".low", ".dead")
+
+
+@dataclass
+class Context:
+    """What every measurement of a run shares.
+
+    Attributes:
+        names: Unique names of the run and what to clean up.
+        jobs: Jobs per uno_jobs and kombu measurement.
+        peer_jobs: Jobs per Celery and Dramatiq measurement (may be capped lower).
+        workdir: Temporary folder for logs and ``UNO_JOBS_HOME`` folders.
+        round_no: The current round, from 1.
+        log: Where progress lines go.
+    """
+
+    names: RunNames
+    jobs: int
+    peer_jobs: int
+    workdir: Path
+    round_no: int = 1
+    log: Callable[[str], None] = print
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+        )
+        env.update(extra)
+        return env
+
+    def log_path(self, what: str) -> Path:
+        return self.workdir / f"r{self.round_no}-{what}.log"
+
+    def worker_timeout(self, jobs: int) -> float:
+        return 60.0 + jobs / _MIN_RATE
+
+
+def _py(*args: str) -> list[str]:
+    return [sys.executable, "-m", *args]
+
+
+def _failed(
+    ctx: Context, system: str, broker: str, metric: str, jobs: int, exc: Exception
+) -> Sample:
+    ctx.log(f"  ! {system} on {broker}, {metric}: {exc}")
+    return Sample(system, broker, metric, jobs, None, ctx.round_no, str(exc).splitlines()[0])
+
+
+def run_uno(ctx: Context, system: str, broker: str) -> list[Sample]:
+    """uno_jobs: enqueue N jobs (batches of 1,000), then drain them with ONE worker process."""
+    kind = "sync" if system == "uno_sync" else "async"
+    task = SYNC_TASK if kind == "sync" else ASYNC_TASK
+    queue = ctx.names.queue(system, broker, ctx.round_no)
+    url = ctx.names.uno_url(broker)
+    home = ctx.workdir / f"home-{queue}"
+    home.mkdir()
+    env = ctx.env(UNO_JOBS_HOME=str(home))
+    if broker == "amqp":
+        levels = [queue + suffix for suffix in _UNO_LEVELS]
+        ctx.names.amqp_queues += levels
+        ctx.names.amqp_exchanges += levels
+    log = ctx.log_path(queue)
+    base = ["--broker", url, "--queue", queue, "--jobs", str(ctx.jobs)]
+    samples = []
+    try:
+        runner = _py("benchmarks.uno_runner")
+        enq = _proc.run_json([*runner, "enqueue", *base, "--task", task], env, 600, log)
+        samples.append(Sample(system, broker, "enqueue", ctx.jobs, enq["seconds"], ctx.round_no))
+        if enq["size"] != ctx.jobs:
+            raise _proc.StepError(f"queue holds {enq['size']} jobs after enqueue, not {ctx.jobs}")
+        timeout = ctx.worker_timeout(ctx.jobs)
+        cmd = [*runner, "work", "--kind", kind, *base, "--timeout", str(timeout)]
+        res = _proc.run_json(cmd, env, timeout + 60, log)
+        samples.append(Sample(system, broker, "throughput", ctx.jobs, res["seconds"], ctx.round_no))
+        ctx.log(f"    {system}/{broker}: {_details(res)}")
+    except _proc.StepError as exc:
+        metric = "throughput" if samples else "enqueue"
+        samples.append(_failed(ctx, system, broker, metric, ctx.jobs, exc))
+    finally:
+        if broker != "embedded":
+            try:
+                _proc.run_json([*_py("benchmarks.uno_runner"), "delete", *base[:4]], env, 60, log)
+            except _proc.StepError as exc:
+                ctx.log(f"  ! deleting {queue}: {exc}")
+        shutil.rmtree(home, ignore_errors=True)
+    return samples
+
+
+def _details(result: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()
+    )
+
+
+def run_kombu(ctx: Context, system: str, broker: str) -> list[Sample]:
+    """Raw kombu: publish N (no confirms), consume+ack N, once per prefetch count."""
+    queue = ctx.names.queue(system, broker, ctx.round_no)
+    if broker == "amqp":
+        ctx.names.amqp_queues.append(queue)
+        ctx.names.amqp_exchanges.append(queue)
+    cmd = [
+        *_py("benchmarks.kombu_runner"),
+        "--broker", ctx.names.url(broker), "--queue", queue, "--jobs", str(ctx.jobs),
+        "--prefetch", ",".join(str(p) for p in KOMBU_PREFETCHES),
+        "--key-prefix", ctx.names.key_prefix,
+    ]  # fmt: skip
+    timeout = len(KOMBU_PREFETCHES) * 2 * ctx.worker_timeout(ctx.jobs)
+    try:
+        res = _proc.run_json(cmd, ctx.env(), timeout, ctx.log_path(queue))
+    except _proc.StepError as exc:
+        return [_failed(ctx, system, broker, "consume_p100", ctx.jobs, exc)]
+    published = ctx.jobs * len(res["publish_seconds"])
+    rows = [("publish", published, sum(res["publish_seconds"]))]
+    rows += [(f"consume_p{p}", ctx.jobs, res[f"consume_p{p}_seconds"]) for p in KOMBU_PREFETCHES]
+    return [Sample(system, broker, m, n, sec, ctx.round_no) for m, n, sec in rows]
+
+
+def _peer_commands(system: str, queue: str) -> tuple[list[str], list[str]]:
+    if system == "celery":
+        worker = [
+            *_py("celery", "-A", "benchmarks.celery_app", "worker"),
+            "-P", "solo", "-c", "1", "-Q", queue, "--without-heartbeat", "--without-gossip",
+            "--without-mingle", "-l", "warning",
+        ]  # fmt: skip
+        return _py("benchmarks.celery_app"), worker
+    worker = _py("dramatiq", "benchmarks.dramatiq_app", "-p", "1", "-t", "8", "-Q", queue)
+    return _py("benchmarks.dramatiq_app"), worker
+
+
+def _wait_done(ctx: Context, key: str, proc: Any, timeout: float) -> dict[str, Any]:
+    client = redis.Redis.from_url(ctx.names.redis_url)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            raw = client.get(key)
+            if raw is not None:
+                done: dict[str, Any] = json.loads(raw)
+                return done
+            if proc.poll() is not None:
+                raise _proc.StepError(f"worker exited with code {proc.returncode}")
+            if time.monotonic() > deadline:
+                count = client.get(f"{key}:count")
+                raise _proc.StepError(
+                    f"not done after {timeout:g} s (about {int(count or 0)} jobs finished)"
+                )
+            time.sleep(0.05)  # harness polling only: the times come from the worker
+    finally:
+        client.close()
+
+
+def run_peer(ctx: Context, system: str, broker: str) -> list[Sample]:
+    """Celery or Dramatiq: send N no-op jobs, then drain them with ONE worker process."""
+    queue = ctx.names.queue(system, broker, ctx.round_no)
+    jobs = ctx.peer_jobs
+    if broker == "amqp":
+        if system == "celery":
+            ctx.names.amqp_queues.append(queue)
+            ctx.names.amqp_exchanges.append(queue)
+        else:
+            ctx.names.amqp_queues += [queue, f"{queue}.DQ", f"{queue}.XQ"]
+    key = ctx.names.done_key(queue)
+    env = ctx.env(
+        BENCH_BROKER_URL=ctx.names.url(broker), BENCH_QUEUE=queue,
+        BENCH_KEY_PREFIX=ctx.names.key_prefix, BENCH_JOBS=str(jobs), BENCH_DONE_KEY=key,
+        BENCH_REDIS_URL=ctx.names.redis_url,
+    )  # fmt: skip
+    log = ctx.log_path(queue)
+    producer, worker_cmd = _peer_commands(system, queue)
+    samples = []
+    try:
+        sent = _proc.run_json([*producer, str(jobs)], env, 600, log)
+        samples.append(Sample(system, broker, "enqueue", jobs, sent["seconds"], ctx.round_no))
+        launched = time.time()
+        proc = _proc.start(worker_cmd, env, log)
+        try:
+            done = _wait_done(ctx, key, proc, ctx.worker_timeout(jobs))
+        finally:
+            t_stop = time.monotonic()
+            # A warm shutdown (SIGTERM); Celery's takes ~10 s on RabbitMQ without heartbeats
+            # (its event loop notices the signal at its next poll timeout): outside the timing.
+            _proc.stop(proc)
+            stop_seconds = time.monotonic() - t_stop
+        seconds = done["last"] - done["first"]
+        samples.append(Sample(system, broker, "throughput", jobs, seconds, ctx.round_no))
+        ctx.log(
+            f"    {system}/{broker}: seconds={seconds:.3f}, "
+            f"from launch={done['last'] - launched:.3f}, stop={stop_seconds:.1f}"
+        )
+    except _proc.StepError as exc:
+        metric = "throughput" if samples else "enqueue"
+        samples.append(_failed(ctx, system, broker, metric, jobs, exc))
+    return samples
+
+
+RUNNERS: dict[str, Callable[[Context, str, str], list[Sample]]] = {
+    "uno_sync": run_uno,
+    "uno_async": run_uno,
+    "kombu": run_kombu,
+    "celery": run_peer,
+    "dramatiq": run_peer,
+}

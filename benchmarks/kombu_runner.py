@@ -1,0 +1,118 @@
+# mypy: disallow-untyped-calls=False
+# (kombu and Dramatiq's broker classes are only partly typed; this module calls them.)
+"""Subprocess entry for the raw kombu baseline; prints one JSON object on stdout.
+
+``python -m benchmarks.kombu_runner --broker URL --queue Q --jobs N [--key-prefix P]
+[--prefetch 100,150]``
+
+For each prefetch count: publish N small JSON messages with headers (``Producer.publish``,
+no publisher confirms), then consume them with a ``Consumer`` of that ``prefetch_count``
+whose callback acks each message, driven by ``connection.drain_events``. The queue is
+declared as Celery and uno_jobs declare theirs (durable direct exchange of the same name),
+messages are persistent (kombu's default), and the queue is deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import uuid
+from typing import Any
+
+from kombu.connection import Connection
+from kombu.entity import Exchange
+from kombu.entity import Queue as KombuQueue
+from kombu.messaging import Consumer, Producer
+
+_BODY: list[Any] = [[], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+_DRAIN_TIMEOUT_SECONDS = 30.0
+
+
+def _connection(url: str, key_prefix: str | None) -> Connection:
+    options: dict[str, Any] = {}
+    if url.startswith("redis") and key_prefix:
+        options["global_keyprefix"] = key_prefix
+    return Connection(url, transport_options=options, connect_timeout=5)
+
+
+def publish(conn: Connection, queue: KombuQueue, jobs: int) -> float:
+    """Publish ``jobs`` messages; returns the elapsed seconds."""
+    channel = conn.channel()
+    try:
+        queue(channel).declare()
+        producer = Producer(channel, exchange=queue.exchange, routing_key=queue.routing_key)
+        t0 = time.perf_counter()
+        for _ in range(jobs):
+            job_id = str(uuid.uuid4())
+            producer.publish(
+                _BODY,
+                serializer="json",
+                headers={"lang": "py", "task": "bench.noop", "id": job_id, "root_id": job_id},
+            )
+        return time.perf_counter() - t0
+    finally:
+        channel.close()
+
+
+def consume(conn: Connection, queue: KombuQueue, jobs: int, prefetch: int) -> float:
+    """Consume and ack ``jobs`` messages one by one; returns the elapsed seconds."""
+    received = 0
+
+    def on_message(body: Any, message: Any) -> None:
+        nonlocal received
+        message.ack()
+        received += 1
+
+    channel = conn.channel()
+    try:
+        consumer = Consumer(
+            channel,
+            queues=[queue],
+            callbacks=[on_message],
+            accept=["json"],
+            prefetch_count=prefetch,
+        )
+        t0 = time.perf_counter()
+        with consumer:
+            while received < jobs:
+                conn.drain_events(timeout=_DRAIN_TIMEOUT_SECONDS)
+        return time.perf_counter() - t0
+    finally:
+        channel.close()
+
+
+def run(url: str, name: str, jobs: int, prefetches: list[int], key_prefix: str | None) -> Any:
+    """Publish then consume ``jobs`` messages once per prefetch count."""
+    exchange = Exchange(name, type="direct", durable=True)
+    queue = KombuQueue(name, exchange, routing_key=name, durable=True)
+    result: dict[str, Any] = {"jobs": jobs, "publish_seconds": []}
+    with _connection(url, key_prefix) as conn:
+        conn.ensure_connection(max_retries=1)
+        try:
+            for prefetch in prefetches:
+                result["publish_seconds"].append(publish(conn, queue, jobs))
+                result[f"consume_p{prefetch}_seconds"] = consume(conn, queue, jobs, prefetch)
+        finally:
+            channel = conn.channel()
+            queue(channel).delete()
+            exchange(channel).delete()
+            channel.close()
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line, run, print the JSON result."""
+    parser = argparse.ArgumentParser(prog="benchmarks.kombu_runner")
+    parser.add_argument("--broker", required=True)
+    parser.add_argument("--queue", required=True)
+    parser.add_argument("--jobs", type=int, required=True)
+    parser.add_argument("--prefetch", default="100,150")
+    parser.add_argument("--key-prefix", default=None)
+    args = parser.parse_args(argv)
+    prefetches = [int(p) for p in args.prefetch.split(",") if p]
+    print(json.dumps(run(args.broker, args.queue, args.jobs, prefetches, args.key_prefix)))
+
+
+if __name__ == "__main__":
+    main()
