@@ -173,3 +173,17 @@ def test_a_worker_with_an_unknown_middleware_name_fails_naming_it(env: dict[str,
     result = cli(env, "worker", "--queue", f"q-{uuid.uuid4().hex[:6]}", "--middleware", "nosuch")
     assert result.returncode == 2
     assert "unknown middleware 'nosuch'" in result.stderr and "stamp" in result.stderr
+
+
+def test_the_pytest_plugin_example_passes(uno_home: Path) -> None:
+    """The user-facing pytest fixtures (entry point pytest11) work with no broker."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "."],
+        cwd=REPO / "examples" / "testing",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "UNO_JOBS_HOME": str(uno_home)},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 passed" in result.stdout
