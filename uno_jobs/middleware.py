@@ -12,7 +12,10 @@ import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from uno_jobs.message import Message
 
 __all__ = [
     "JobView",
@@ -20,6 +23,7 @@ __all__ = [
     "Middleware",
     "MiddlewareChain",
     "MiddlewareError",
+    "job_fields",
     "job_view",
 ]
 
@@ -114,6 +118,22 @@ class MiddlewareError(Exception):
 
 def job_view(fields: dict[str, Any]) -> JobView:
     return MappingProxyType(fields)
+
+
+def job_fields(message: Message, worker_id: str | None) -> dict[str, Any]:
+    """The keys middleware sees (DESIGN.md §1), from a message."""
+    return {
+        "id": message.id,
+        "task": message.task,
+        "args": tuple(message.args),
+        "kwargs": dict(message.kwargs),
+        "queue": message.queue,
+        "priority": message.priority,
+        "attempt": message.attempt,
+        "enqueued_at": message.enqueued_at,
+        "headers": dict(message.extra_headers),
+        "worker_id": worker_id,
+    }
 
 
 async def _call(hook: Callable[..., Any], *args: Any) -> Any:

@@ -30,7 +30,7 @@ from uno_jobs.errors import (
     PayloadError,
 )
 from uno_jobs.message import DEFAULT_MAX_MESSAGE_BYTES, Message, encode, new_message, parse_priority
-from uno_jobs.middleware import Middleware, MiddlewareChain, job_view
+from uno_jobs.middleware import Middleware, MiddlewareChain, job_fields, job_view
 from uno_jobs.schedule import scheduled_entry
 from uno_jobs.store import DeadLetter, JobRecord, JobStatus, JobStore, open_store
 from uno_jobs.tasks import Task, get_default_registry
@@ -305,20 +305,7 @@ class Queue:
         return [JobHandle(i, self) for i in ids]
 
     def _view(self, message: Message) -> Any:
-        return job_view(
-            {
-                "id": message.id,
-                "task": message.task,
-                "args": tuple(message.args),
-                "kwargs": dict(message.kwargs),
-                "queue": message.queue,
-                "priority": message.priority,
-                "attempt": message.attempt,
-                "enqueued_at": message.enqueued_at,
-                "headers": dict(message.extra_headers),
-                "worker_id": None,
-            }
-        )
+        return job_view(job_fields(message, None))
 
     # -- look-ups and admin ---------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import socket
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, ClassVar
 
 from uno_jobs.broker import (
@@ -35,7 +35,6 @@ from uno_jobs.broker import (
 )
 from uno_jobs.config import resolve_allowed_modules, resolve_broker_url, resolve_store_url
 from uno_jobs.errors import (
-    ConfigurationError,
     ForbiddenTaskError,
     MessageError,
     UnknownTaskError,
@@ -50,7 +49,7 @@ from uno_jobs.message import (
     timestamp_from_iso,
 )
 from uno_jobs.metrics import WorkerStats
-from uno_jobs.middleware import MiddlewareChain, job_view
+from uno_jobs.middleware import MiddlewareChain, job_fields, job_view
 from uno_jobs.plugins import get_plugins
 from uno_jobs.retry import RetryContext, RetryPolicy
 from uno_jobs.schedule import DueJobMover, scheduled_entry
@@ -560,13 +559,31 @@ class BaseWorker:
     ) -> None:
         assert self._recorder is not None and self._consumer is not None
         self.stats.job_finished(False, duration)
+        self._log_failure(message, exc, "")
+        fields = {
+            "status": JobStatus.FAILED,
+            "finished_at": time.time(),
+            **_error_fields(exc),
+            "dead_reason": "timeout" if isinstance(exc, JobTimeLimitExceeded) else None,
+        }
+        tag, consumer = run.delivery.tag, self._consumer
+        self._recorder.put(
+            Entry(
+                [JobUpdate(message.id, message.task, self.queue_name, fields)],
+                after=lambda: consumer.ack(tag),
+            )
+        )
+        self._check_max_failures()
+
+    def _log_failure(self, message: Message, exc: BaseException, then: str) -> None:
         log.warning(
-            "job %s (%s) attempt %d failed: %s: %s",
+            "job %s (%s) attempt %d failed: %s: %s%s",
             message.id,
             message.task,
             message.attempt,
             type(exc).__name__,
             exc,
+            then,
             extra={
                 "job_id": message.id,
                 "task": message.task,
@@ -574,31 +591,6 @@ class BaseWorker:
                 "worker_id": self.worker_id,
             },
         )
-        tag = run.delivery.tag
-        consumer = self._consumer
-        self._recorder.put(
-            Entry(
-                [
-                    JobUpdate(
-                        message.id,
-                        message.task,
-                        self.queue_name,
-                        {
-                            "status": JobStatus.FAILED,
-                            "finished_at": time.time(),
-                            "error_type": type(exc).__name__,
-                            "error_message": str(exc),
-                            "error_traceback": "".join(traceback.format_exception(exc))[-8192:],
-                            "dead_reason": "timeout"
-                            if isinstance(exc, JobTimeLimitExceeded)
-                            else None,
-                        },
-                    )
-                ],
-                after=lambda: consumer.ack(tag),
-            )
-        )
-        self._check_max_failures()
 
     def _retry_delay(
         self, task: Task[..., Any], message: Message, exc: BaseException
@@ -638,21 +630,7 @@ class BaseWorker:
         """
         assert self._recorder is not None and self._consumer is not None
         self.stats.job_finished(False, duration)
-        log.warning(
-            "job %s (%s) attempt %d failed: %s: %s; retrying in %.3g s",
-            message.id,
-            message.task,
-            message.attempt,
-            type(exc).__name__,
-            exc,
-            delay,
-            extra={
-                "job_id": message.id,
-                "task": message.task,
-                "attempt": message.attempt,
-                "worker_id": self.worker_id,
-            },
-        )
+        self._log_failure(message, exc, f"; retrying in {delay:.3g} s")
         now = time.time()
         again = dataclasses.replace(
             message,
@@ -665,9 +643,7 @@ class BaseWorker:
         fields = {
             "status": JobStatus.SCHEDULED if delay else JobStatus.RETRYING,
             "attempts": message.attempt,
-            "error_type": type(exc).__name__,
-            "error_message": str(exc),
-            "error_traceback": "".join(traceback.format_exception(exc))[-8192:],
+            **_error_fields(exc),
         }
         update = JobUpdate(message.id, message.task, self.queue_name, fields)
         tag, consumer = run.delivery.tag, self._consumer
@@ -695,20 +671,15 @@ class BaseWorker:
             self._spawn(self.shutdown())
 
     def _job_view(self, message: Message) -> Any:
-        return job_view(
-            {
-                "id": message.id,
-                "task": message.task,
-                "args": tuple(message.args),
-                "kwargs": dict(message.kwargs),
-                "queue": message.queue,
-                "priority": message.priority,
-                "attempt": message.attempt,
-                "enqueued_at": message.enqueued_at,
-                "headers": dict(message.extra_headers),
-                "worker_id": self.worker_id,
-            }
-        )
+        return job_view(job_fields(message, self.worker_id))
+
+
+def _error_fields(exc: BaseException) -> dict[str, Any]:
+    return {
+        "error_type": type(exc).__name__,
+        "error_message": str(exc),
+        "error_traceback": "".join(traceback.format_exception(exc))[-8192:],
+    }
 
 
 def _resolve_policy(chosen: Any) -> RetryPolicy:
@@ -729,18 +700,3 @@ def _is_past(iso: str) -> bool:
         return timestamp_from_iso(iso) < time.time()
     except ValueError:
         return False
-
-
-def make_worker_type(
-    name: str,
-    options_model: type[WorkerOptions],
-    executor: Callable[[BaseWorker], Executor],
-) -> type[BaseWorker]:
-    """Build a worker type from an options model and an executor factory (for plugins)."""
-    if not name.isidentifier():
-        raise ConfigurationError(f"worker type name {name!r} is not an identifier")
-    return type(
-        name,
-        (BaseWorker,),
-        {"options_model": options_model, "make_executor": lambda self: executor(self)},
-    )
