@@ -19,6 +19,8 @@ class TcpProxy:
         self._sockets: list[socket.socket] = []
         self._closed = False
         self.accepted = 0
+        self._flowing = threading.Event()
+        self._flowing.set()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -39,19 +41,29 @@ class TcpProxy:
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                # A paused proxy holds the bytes: the peer sees a broker that went silent.
+                while not self._flowing.wait(0.05):
+                    if self._closed:
+                        return
                 dst.sendall(data)
         except OSError:
             pass
         for sock in (src, dst):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+    def pause(self) -> None:
+        """Stop forwarding (connections stay open): a broker that stopped answering."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     def cut(self) -> None:
         """Reset every connection made so far (new ones are still accepted)."""
@@ -67,5 +79,6 @@ class TcpProxy:
 
     def close(self) -> None:
         self._closed = True
+        self._flowing.set()
         self._server.close()
         self.cut()

@@ -116,6 +116,9 @@ def _parser() -> argparse.ArgumentParser:
         help="the worker's retry policy (default: fixed)",
     )
     w.set_defaults(func=_worker)
+    from uno_jobs.plugins import get_plugins
+
+    get_plugins().add_worker_options(w)
 
     e = sub.add_parser("enqueue", help="enqueue one job")
     e.add_argument("task")
@@ -151,8 +154,6 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list the loaded plugins and what they contribute")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_plugins)
-
-    from uno_jobs.plugins import get_plugins
 
     get_plugins().add_cli_commands(sub)
     return parser
@@ -252,6 +253,7 @@ def _worker(args: argparse.Namespace) -> int:
     if args.retry_policy is not None:
         options["retry_policy"] = args.retry_policy
     worker = cls(**{k: v for k, v in options.items() if v is not None})
+    worker.settings = vars(args)
     return asyncio.run(worker.run())
 
 

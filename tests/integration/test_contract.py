@@ -466,3 +466,32 @@ def test_delayed_retry_waits_in_the_store(broker_url: str, queue_name: str, tmp_
             assert starts[1] - starts[0] >= 0.5
 
     run(main)
+
+
+def test_an_unconfirmed_publish_raises_instead_of_hanging(uno_home: Path, queue_name: str) -> None:
+    """RabbitMQ stops answering (as under a memory alarm): enqueue gives up at the timeout."""
+    from tcp_proxy import TcpProxy
+
+    proxy = TcpProxy("127.0.0.1", 5672)
+    url = f"amqp://guest:guest@127.0.0.1:{proxy.port}//?confirm_timeout=1"
+
+    async def main() -> None:
+        queue = Queue(queue_name, broker_url=url, store_url="memory://confirm-test")
+        try:
+            first = await queue.enqueue("contract.add", [1, 1])
+            assert first.id
+            proxy.pause()
+            started = time.monotonic()
+            with pytest.raises(BrokerUnavailableError, match="not confirmed within 1 s"):
+                await queue.enqueue("contract.add", [2, 2], job_id="unconfirmed")
+            assert time.monotonic() - started < 8, "it gave up, it did not hang"
+            assert queue.store.get("unconfirmed") is None, "a failed enqueue leaves no record"
+        finally:
+            proxy.resume()
+            await queue.delete()
+            queue.close()
+
+    try:
+        run(main)
+    finally:
+        proxy.close()

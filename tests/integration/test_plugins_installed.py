@@ -118,6 +118,7 @@ def test_a_worker_uses_the_plugins_type_middleware_and_retry_policy(
     queue, log_path = queue_and_worker_log
     markers = tmp_path / "markers"
     markers.mkdir()
+    events_path = tmp_path / "events.jsonl"
     job = queue.enqueue_sync("contract.flaky_hourly", [str(markers), "p", 2])
     with open(log_path, "w") as log_file:
         worker = subprocess.Popen(
@@ -138,6 +139,8 @@ def test_a_worker_uses_the_plugins_type_middleware_and_retry_policy(
                 "jsonlog",
                 "--retry-policy",
                 "quick",
+                "--jsonlog-file",
+                str(events_path),
             ],
             env=env,
             cwd=REPO,
@@ -155,9 +158,8 @@ def test_a_worker_uses_the_plugins_type_middleware_and_retry_policy(
     assert record.attempts == 3
     assert record.result == {"value": 3, "stamped_by": "example"}
     assert record.worker_id and record.worker_id.startswith("example-")
-    events = [
-        json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")
-    ]
+    # --jsonlog-file is an option the first-party jsonlog plugin adds to `uno-jobs worker`.
+    events = [json.loads(line) for line in events_path.read_text().splitlines()]
     assert [e["event"] for e in events if e["job_id"] == job.id] == [
         "job.started",
         "job.failed",

@@ -21,7 +21,7 @@ from kombu.connection import Connection
 from kombu.exceptions import OperationalError
 from kombu.messaging import Producer
 
-from uno_jobs.broker._amqp import buffer_reads
+from uno_jobs.broker._amqp import buffer_reads, set_socket_timeout
 from uno_jobs.broker._spec import BrokerSpec
 from uno_jobs.broker._topology import kombu_queue
 from uno_jobs.errors import BrokerUnavailableError
@@ -30,6 +30,8 @@ from uno_jobs.message import Encoded
 __all__ = ["Outgoing", "PublishSession", "Publisher"]
 
 log = logging.getLogger("uno_jobs.broker")
+
+_CLOSE_TIMEOUT_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +161,9 @@ class PublishSession:
         self._producer = None
         self._confirms = None
         self._declared.clear()
+        if self._own_conn and self.spec.kind == "amqp":
+            # The close handshake must not wait forever on a broker that stopped answering.
+            set_socket_timeout(self._conn, _CLOSE_TIMEOUT_SECONDS)
         channel, self._channel = self._channel, None
         try:
             if channel is not None:

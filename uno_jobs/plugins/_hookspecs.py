@@ -61,6 +61,15 @@ def uno_jobs_add_cli_commands(subparsers: argparse._SubParsersAction[Any]) -> No
 
 
 @hookspec
+def uno_jobs_add_worker_options(parser: argparse.ArgumentParser) -> None:
+    """Add settings to ``uno-jobs worker`` (as ``pytest_addoption`` does for pytest).
+
+    Their parsed values reach the worker as ``worker.settings``, readable in
+    ``uno_jobs_worker_boot``.
+    """
+
+
+@hookspec
 def uno_jobs_worker_boot(worker: BaseWorker) -> None:
     """A worker is starting (options validated, not yet consuming)."""
 

@@ -250,6 +250,9 @@ class Plugins:
     def child_boot(self) -> None:
         self.pm.hook.uno_jobs_child_boot()
 
+    def add_worker_options(self, parser: argparse.ArgumentParser) -> None:
+        self.pm.hook.uno_jobs_add_worker_options(parser=parser)
+
     def add_cli_commands(self, subparsers: argparse._SubParsersAction[Any]) -> None:
         self.pm.hook.uno_jobs_add_cli_commands(subparsers=subparsers)
 

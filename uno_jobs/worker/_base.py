@@ -121,6 +121,8 @@ class BaseWorker:
             resolve_allowed_modules(opts.allowed_modules),
         )
         self.state = WorkerState.INITIALIZED
+        #: Settings from the command line, plugins' ones included (``uno-jobs worker``).
+        self.settings: dict[str, Any] = {}
         self.stats = WorkerStats()
         self.exit_code = 0
         self._broker: Broker | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -79,3 +80,25 @@ class JsonLogMiddleware(Middleware):
 @hookimpl
 def uno_jobs_middleware() -> Mapping[str, Callable[[], Middleware]]:
     return {"jsonlog": JsonLogMiddleware}
+
+
+@hookimpl
+def uno_jobs_add_worker_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--jsonlog-file",
+        default=None,
+        metavar="PATH",
+        help="jsonlog plugin: append the JSON job events to this file (default: stderr)",
+    )
+
+
+@hookimpl
+def uno_jobs_worker_boot(worker: Any) -> None:
+    path = worker.settings.get("jsonlog_file")
+    if path:
+        logger = _logger()
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        file_handler = logging.FileHandler(path)
+        file_handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(file_handler)
