@@ -28,7 +28,10 @@ _RETRY_ERRNOS = (errno.EAGAIN, errno.EINTR)
 
 
 def _transport(conn: Any) -> Any:
-    return getattr(getattr(conn, "connection", None), "transport", None)
+    # kombu's ``connection`` property connects when not connected: ask first.
+    if not getattr(conn, "connected", False):
+        return None
+    return getattr(conn.connection, "transport", None)
 
 
 def _buffered_read(self: Any, n: int, initial: bool = False) -> bytes:
