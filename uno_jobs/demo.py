@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import random
 import sys
 import time
@@ -52,6 +53,9 @@ def flaky(n: int) -> int:
 
 async def run_demo(jobs: int = 300, concurrency: int = 50, out: TextIO = sys.stdout) -> int:
     """Enqueue ``jobs`` example jobs, process them with an AsyncWorker, print a summary."""
+    # The demo's failures are on purpose; the summary reports them, one log line each would
+    # only scroll the progress bar away.
+    logging.getLogger("uno_jobs.worker").setLevel(logging.ERROR)
     queue_name = f"demo-{uuid.uuid4().hex[:8]}"
     queue = Queue(queue_name)
     print(f"uno_jobs demo: broker {queue._broker.spec.display}, store {queue.store_url}", file=out)
