@@ -56,7 +56,7 @@ from uno_jobs.schedule import DueJobMover, scheduled_entry
 from uno_jobs.store import JobStatus, JobStore, JobUpdate, open_store
 from uno_jobs.tasks import Task, TaskResolver, get_default_registry
 from uno_jobs.worker._deadletter import DeadLetterer
-from uno_jobs.worker._executors import Executor, JobTimeLimitExceeded
+from uno_jobs.worker._executors import Executor, JobTimeLimitExceeded, WorkerLostError
 from uno_jobs.worker._options import WorkerOptions, build_options
 from uno_jobs.worker._recorder import Entry, Recorder
 
@@ -469,21 +469,53 @@ class BaseWorker:
         if not run.delivery.redelivered or self._store is None:
             return False
         record = await asyncio.to_thread(self._store.get, message.id)
-        if record is None or record.status != JobStatus.RUNNING:
+        if record is None:
             return False
-        message.worker_lost = record.worker_lost + 1
-        if message.worker_lost >= _WORKER_LOST_LIMIT:
-            assert self._dead is not None
-            self._dead.dead_letter(
-                run.delivery,
-                self.queue_name,
-                "worker_lost",
-                f"the job's worker was lost {message.worker_lost} times",
-                message.id,
-                worker_lost=message.worker_lost,
+        # A delivery whose record still says running lost its worker (the process died).
+        lost = record.worker_lost + (1 if record.status == JobStatus.RUNNING else 0)
+        message.worker_lost = max(message.worker_lost, lost)
+        return self._dead_if_lost_too_often(run, message)
+
+    def _dead_if_lost_too_often(self, run: _Run, message: Message) -> bool:
+        if message.worker_lost < _WORKER_LOST_LIMIT:
+            return False
+        assert self._dead is not None
+        self._dead.dead_letter(
+            run.delivery,
+            self.queue_name,
+            "worker_lost",
+            f"the job's worker was lost {message.worker_lost} times",
+            message.id,
+            worker_lost=message.worker_lost,
+        )
+        return True
+
+    def _worker_lost(self, run: _Run, message: Message, detail: str) -> None:
+        """The process running the job died (a process-pool child): count it, hand it back.
+
+        Worker-lost deliveries are counted apart from retries; the third is dead-lettered
+        with reason ``worker_lost``.
+        """
+        assert self._recorder is not None and self._consumer is not None
+        message.worker_lost += 1
+        log.error(
+            "job %s (%s): its process died (%s); worker-lost count %d",
+            message.id,
+            message.task,
+            detail,
+            message.worker_lost,
+            extra={"job_id": message.id, "task": message.task, "worker_id": self.worker_id},
+        )
+        if self._dead_if_lost_too_often(run, message):
+            return
+        tag, consumer = run.delivery.tag, self._consumer
+        fields = {"status": JobStatus.QUEUED, "worker_lost": message.worker_lost, "worker_id": None}
+        self._recorder.put(
+            Entry(
+                [JobUpdate(message.id, message.task, self.queue_name, fields)],
+                after=lambda: consumer.reject(tag, requeue=True),
             )
-            return True
-        return False
+        )
 
     async def _execute(self, run: _Run, message: Message, task: Task[..., Any]) -> None:
         assert self._executor is not None and self._recorder is not None
@@ -517,6 +549,10 @@ class BaseWorker:
             result = await self._executor.run(task, message.args, message.kwargs, timeout)
             if view is not None:
                 result = await self._middleware.after_execution(view, task.func, result)
+        except WorkerLostError as exc:
+            if not run.discarded:
+                self._worker_lost(run, message, str(exc))
+            return
         except (Exception, JobTimeLimitExceeded) as exc:
             if run.discarded:
                 return

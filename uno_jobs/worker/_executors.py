@@ -16,7 +16,13 @@ from typing import Any
 
 from uno_jobs.tasks import Task
 
-__all__ = ["AsyncExecutor", "Executor", "JobTimeLimitExceeded", "ThreadExecutor"]
+__all__ = [
+    "AsyncExecutor",
+    "Executor",
+    "JobTimeLimitExceeded",
+    "ThreadExecutor",
+    "WorkerLostError",
+]
 
 
 class JobTimeLimitExceeded(BaseException):
@@ -36,6 +42,11 @@ def _call_sync(func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]
     if asyncio.iscoroutine(result):
         return asyncio.run(result)
     return result
+
+
+class WorkerLostError(Exception):
+    """The process running a job died before answering (a process-pool child killed by a
+    signal, a segfault or ``os._exit``). The job is handed back, not failed."""
 
 
 class Executor:
