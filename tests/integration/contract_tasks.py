@@ -86,6 +86,24 @@ def flaky_hourly(folder: str, name: str, failures: int) -> int:
     return _flaky(folder, name, failures)
 
 
+@task(name="contract.spin", timeout=0.5)
+def spin(folder: str, name: str) -> str:
+    """Pure-Python work past its 0.5 s limit (interruptible between bytecodes)."""
+    mark(folder, name)
+    deadline = time.monotonic() + 30
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+    (Path(folder) / f"{name}.finished").write_text(str(n))
+    return name
+
+
+@task(name="contract.async_sleep", timeout=0.5)
+async def async_sleep(seconds: float) -> float:
+    await asyncio.sleep(seconds)
+    return seconds
+
+
 def helper() -> int:
     """Not a task: resolving it by module path must be refused."""
     return 1

@@ -495,3 +495,78 @@ def test_an_unconfirmed_publish_raises_instead_of_hanging(uno_home: Path, queue_
         run(main)
     finally:
         proxy.close()
+
+
+def test_higher_priority_levels_start_first(broker_url: str, queue_name: str) -> None:
+    """With 500 low and 50 critical jobs waiting, every critical job starts before the
+    100th low one."""
+
+    async def main() -> None:
+        async with opened(queue_name, broker_url) as queue:
+            low = await queue.enqueue_many(
+                JobSpec("contract.add", [i, 0], priority="low") for i in range(500)
+            )
+            critical = await queue.enqueue_many(
+                JobSpec("contract.add", [i, 0], priority="critical") for i in range(50)
+            )
+            async with running(make_worker(get_worker_type("async"), queue, concurrency=10)):
+                for job in critical + low:
+                    await job.wait(timeout=60)
+            starts = {}
+            for kind, jobs in (("low", low), ("critical", critical)):
+                for job in jobs:
+                    record = await queue.get_job(job.id)
+                    assert record.started_at is not None
+                    starts[job.id] = (record.started_at, kind)
+            order = [kind for _, kind in sorted(starts.values())]
+            hundredth_low = [i for i, kind in enumerate(order) if kind == "low"][99]
+            last_critical = max(i for i, kind in enumerate(order) if kind == "critical")
+            assert last_critical < hundredth_low, (last_critical, hundredth_low)
+
+    run(main)
+
+
+def test_max_failures_stops_the_worker_with_exit_code_3(queue_name: str, uno_home: Path) -> None:
+    url, cleanup = make_broker_url("embedded")
+
+    async def main() -> None:
+        async with opened(queue_name, url) as queue:
+            bad = await queue.enqueue("no_such_task")  # dead letters do not count
+            failing = [await queue.enqueue("contract.fail", [f"f{i}"]) for i in range(6)]
+            worker = make_worker(get_worker_type("sync"), queue, max_failures=3, prefetch=False)
+            await worker.start()
+            await asyncio.wait_for(worker.wait_stopped(), timeout=20)
+            assert worker.exit_code == 3
+            statuses = [(await queue.get_job(j.id)).status for j in failing]
+            assert statuses.count(JobStatus.FAILED) == 3
+            assert statuses.count(JobStatus.QUEUED) == 3, "the rest wait for another worker"
+            assert (await queue.get_job(bad.id)).status == JobStatus.DEAD
+
+    try:
+        run(main)
+    finally:
+        cleanup()
+
+
+def test_time_limits_stop_the_job(
+    broker_url: str, worker_type: type[BaseWorker], queue_name: str, tmp_path: Path
+) -> None:
+    """Threads are interrupted between bytecodes; coroutines are cancelled. The slot
+    frees, and the late result is never recorded."""
+
+    async def main() -> None:
+        async with opened(queue_name, broker_url) as queue:
+            async with running(make_worker(worker_type, queue, concurrency=1)):
+                spinning = await queue.enqueue("contract.spin", [str(tmp_path), "s"])
+                sleeping = await queue.enqueue("contract.async_sleep", [30])
+                after = await queue.enqueue("contract.add", [1, 2])
+                for job in (spinning, sleeping):
+                    with pytest.raises(JobFailedError, match="time limit of 0.5 s"):
+                        await job.wait(timeout=20)
+                    record = await queue.get_job(job.id)
+                    assert record.error_type == "JobTimeLimitExceeded"
+                    assert record.dead_reason == "timeout"
+                assert await after.wait(timeout=20) == 3, "the slot was freed"
+                assert not (tmp_path / "s.finished").exists(), "the thread was interrupted"
+
+    run(main)

@@ -8,6 +8,7 @@ everything in a fixed pool of threads (a coroutine task gets its own event loop 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import functools
 import queue
 import threading
@@ -37,10 +38,20 @@ class JobTimeLimitExceeded(BaseException):
         self.limit = limit
 
 
-def _call_sync(func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> Any:
+def _call_sync(
+    func: Callable[..., Any],
+    args: list[Any],
+    kwargs: dict[str, Any],
+    timeout: float | None = None,
+) -> Any:
+    """Call ``func`` in this thread; a coroutine function gets an event loop of its own.
+
+    The time limit is applied inside that loop too: a thread waiting in its loop's
+    ``select`` cannot be interrupted from outside, but the loop can cancel its coroutine.
+    """
     result = func(*args, **kwargs)
     if asyncio.iscoroutine(result):
-        return asyncio.run(result)
+        return asyncio.run(_with_limit(result, timeout))
     return result
 
 
@@ -70,18 +81,32 @@ async def _with_limit(awaitable: Any, timeout: float | None) -> Any:
         raise JobTimeLimitExceeded(timeout) from None
 
 
+class _Interrupted(JobTimeLimitExceeded):
+    """Raised inside a task's thread when its time limit passed or the worker stopped."""
+
+    def __init__(self, limit: float = 0.0) -> None:
+        super().__init__(limit)
+
+
 class _DaemonThreadPool:
-    """Threads that do not hold the process open at exit.
+    """Threads that do not hold the process open at exit, and can be interrupted.
 
     ``concurrent.futures`` joins its threads when the interpreter exits, so a task stuck
     in a sync call would keep a worker alive after an immediate shutdown. These threads
     are daemons: once the worker has handed the job back, the process may exit.
+
+    ``interrupt`` raises an exception inside the thread running a call (CPython's
+    ``PyThreadState_SetAsyncExc``). It takes effect at the thread's next Python bytecode:
+    a blocking C call (``time.sleep``, a socket read, a C extension) finishes first, and
+    the thread's slot is free only once the call has unwound.
     """
 
     def __init__(self, threads: int, name: str) -> None:
         self._calls: queue.SimpleQueue[
             tuple[Callable[[], Any], asyncio.AbstractEventLoop, asyncio.Future[Any]] | None
         ] = queue.SimpleQueue()
+        self._running: dict[int, asyncio.Future[Any]] = {}
+        self._lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self._serve, name=f"uno-{name}-{i}", daemon=True)
             for i in range(threads)
@@ -97,20 +122,49 @@ class _DaemonThreadPool:
 
     def _serve(self) -> None:
         while True:
-            item = self._calls.get()
-            if item is None:
-                return
-            call, loop, future = item
-            if future.cancelled():
-                continue
             try:
-                result = call()
-            except BaseException as exc:
-                loop.call_soon_threadsafe(_settle, future, None, exc)
-            else:
-                loop.call_soon_threadsafe(_settle, future, result, None)
+                if not self._serve_one():
+                    return
+            except _Interrupted:
+                continue  # it arrived after its call had returned: nothing to stop
+
+    def _serve_one(self) -> bool:
+        item = self._calls.get()
+        if item is None:
+            return False
+        call, loop, future = item
+        if future.cancelled():
+            return True
+        ident = threading.get_ident()
+        with self._lock:
+            self._running[ident] = future
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = call()
+        except BaseException as exc:  # handed to the awaiting job
+            error = exc
+        finally:
+            with self._lock:
+                self._running.pop(ident, None)
+        loop.call_soon_threadsafe(_settle, future, result, error)
+        return True
+
+    def interrupt(self, future: asyncio.Future[Any] | None = None) -> int:
+        """Interrupt the thread running ``future`` (or every running one); returns how many."""
+        count = 0
+        with self._lock:
+            for ident, running in self._running.items():
+                if future is None or running is future:
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                        ctypes.c_ulong(ident), ctypes.py_object(_Interrupted)
+                    )
+                    count += 1
+        return count
 
     def shutdown(self, wait: bool) -> None:
+        if not wait:
+            self.interrupt()
         for _ in self._threads:
             self._calls.put(None)
         if wait:
@@ -130,8 +184,8 @@ def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None)
 class ThreadExecutor(Executor):
     """A fixed pool of threads (SyncWorker: one; ThreadPoolWorker: ``max_threads``).
 
-    A time limit stops waiting for the call and fails the job; Python cannot interrupt
-    the thread itself, so its slot frees only when the call returns.
+    At a time limit the job fails at once and the call is interrupted inside its thread
+    (see ``_DaemonThreadPool.interrupt`` for what Python can and cannot interrupt).
     """
 
     def __init__(self, threads: int, name: str) -> None:
@@ -140,8 +194,14 @@ class ThreadExecutor(Executor):
     async def run(
         self, task: Task[..., Any], args: list[Any], kwargs: dict[str, Any], timeout: float | None
     ) -> Any:
-        call = functools.partial(_call_sync, task.func, args, kwargs)
-        return await _with_limit(self._pool.submit(call), timeout)
+        future = self._pool.submit(functools.partial(_call_sync, task.func, args, kwargs, timeout))
+        if timeout is None:
+            return await future
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except asyncio.TimeoutError:
+            self._pool.interrupt(future)
+            raise JobTimeLimitExceeded(timeout) from None
 
     def shutdown(self, wait: bool) -> None:
         self._pool.shutdown(wait)
