@@ -561,7 +561,7 @@ def test_time_limits_stop_the_job(
                 sleeping = await queue.enqueue("contract.async_sleep", [30])
                 after = await queue.enqueue("contract.add", [1, 2])
                 for job in (spinning, sleeping):
-                    with pytest.raises(JobFailedError, match="time limit of 0.5 s"):
+                    with pytest.raises(JobFailedError, match=r"time limit of 0\.5 s"):
                         await job.wait(timeout=20)
                     record = await queue.get_job(job.id)
                     assert record.error_type == "JobTimeLimitExceeded"
