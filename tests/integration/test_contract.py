@@ -570,3 +570,29 @@ def test_time_limits_stop_the_job(
                 assert not (tmp_path / "s.finished").exists(), "the thread was interrupted"
 
     run(main)
+
+
+def test_rabbitmq_consumer_timeout_warning(
+    uno_home: Path, queue_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    url, _ = make_broker_url("amqp")
+
+    async def main() -> None:
+        async with opened(queue_name, url) as queue:
+            long_jobs = make_worker(get_worker_type("async"), queue, max_job_duration=3600)
+            async with running(long_jobs):
+                pass
+            assert "max_job_duration=3600 s exceeds RabbitMQ's consumer_timeout of 1800 s" in (
+                caplog.text
+            )
+            caplog.clear()
+            raised = get_worker_type("async")(
+                queue_name=queue.name,
+                broker_url=f"{url}?consumer_timeout=7200",
+                max_job_duration=3600,
+            )
+            async with running(raised):
+                pass
+            assert "consumer_timeout" not in caplog.text
+
+    run(main)

@@ -61,9 +61,14 @@ class Broker:
         prefetch_count: int,
         on_delivery: Callable[[Delivery], None],
         name: str,
+        lease_interval: float | None = None,
     ) -> ConsumerThread:
-        """A consumer thread for ``queues`` (not started)."""
-        return ConsumerThread(self.spec, queues, prefetch_count, on_delivery, name)
+        """A consumer thread for ``queues`` (not started).
+
+        ``lease_interval``: how often held messages' leases are renewed (Redis, embedded);
+        at most a third of the visibility timeout.
+        """
+        return ConsumerThread(self.spec, queues, prefetch_count, on_delivery, name, lease_interval)
 
     def sizes(self, names: Sequence[str]) -> dict[str, int]:
         """Ready messages per broker queue (declaring missing queues)."""

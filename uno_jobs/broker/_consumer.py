@@ -73,8 +73,11 @@ class ConsumerThread(threading.Thread):
         prefetch_count: int,
         on_delivery: Callable[[Delivery], None],
         name: str,
+        lease_interval: float | None = None,
     ) -> None:
         super().__init__(name=f"uno-consumer-{name}", daemon=True)
+        third = spec.visibility_timeout / 3
+        self._lease_interval = min(lease_interval, third) if lease_interval else third
         self.spec = spec
         self._queues = list(queues)
         self._levels = dict(queues)
@@ -227,7 +230,7 @@ class ConsumerThread(threading.Thread):
         if self.spec.kind not in ("redis", "embedded") or not self._held:
             return
         now = time.monotonic()
-        if now - self._leases_kept_at < self.spec.visibility_timeout / 3:
+        if now - self._leases_kept_at < self._lease_interval:
             return
         self._leases_kept_at = now
         assert self._conn is not None

@@ -36,11 +36,15 @@ _QUERY_OPTIONS: dict[str, tuple[BrokerKind, ...]] = {
     "confirm_timeout": ("amqp", "redis", "sqs", "embedded", "memory"),
     "restore_interval": ("redis",),
     "region": ("sqs",),
+    "consumer_timeout": ("amqp",),
 }
 
 DEFAULT_VISIBILITY_TIMEOUT = 60.0
 DEFAULT_CONNECT_TIMEOUT = 4.0
 DEFAULT_CONFIRM_TIMEOUT = 10.0
+# RabbitMQ's default consumer_timeout (30 minutes); the broker's setting is not readable
+# over AMQP, so a raised one is told to uno_jobs with ?consumer_timeout=SECONDS.
+DEFAULT_CONSUMER_TIMEOUT = 1800.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class BrokerSpec:
     visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT
+    consumer_timeout: float = DEFAULT_CONSUMER_TIMEOUT
     options: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -155,7 +160,9 @@ def parse_broker_url(url: str) -> BrokerSpec:
                 f"(allowed: {', '.join(allowed)})"
             )
         options[key] = value
-    numbers = _float_options(options, "visibility_timeout", "connect_timeout", "confirm_timeout")
+    numbers = _float_options(
+        options, "visibility_timeout", "connect_timeout", "confirm_timeout", "consumer_timeout"
+    )
     for key in ("polling_interval", "restore_interval"):
         _float_options(options, key)  # validates
     if kind == "redis" and "key_prefix" in options and not options["key_prefix"]:
@@ -167,6 +174,7 @@ def parse_broker_url(url: str) -> BrokerSpec:
         visibility_timeout=numbers.get("visibility_timeout", DEFAULT_VISIBILITY_TIMEOUT),
         connect_timeout=numbers.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
         confirm_timeout=numbers.get("confirm_timeout", DEFAULT_CONFIRM_TIMEOUT),
+        consumer_timeout=numbers.get("consumer_timeout", DEFAULT_CONSUMER_TIMEOUT),
         options=options,
     )
 

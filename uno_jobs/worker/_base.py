@@ -193,12 +193,29 @@ class BaseWorker:
         self._executor = self.make_executor()
         window = self.concurrency + (opts.batch_size if opts.prefetch else 0)
         self._consumer = self._broker.consumer(
-            self._levels, window, self._on_delivery, self.worker_id
+            self._levels, window, self._on_delivery, self.worker_id, opts.heartbeat_interval
         )
+        self._warn_about_consumer_timeout()
         self._dead = DeadLetterer(self._consumer, self._recorder, self.worker_id)
         self._consumer.start_and_wait()
         self._mover = DueJobMover(self._store, self._broker, opts.poll_interval, self.worker_id)
         self._mover.start()
+
+    def _warn_about_consumer_timeout(self) -> None:
+        """RabbitMQ closes a channel whose delivery stays unacked past ``consumer_timeout``."""
+        if self._broker is None or self._broker.spec.kind != "amqp":
+            return
+        limit = self.options.max_job_duration
+        broker_limit = self._broker.spec.consumer_timeout
+        if limit is not None and limit > broker_limit:
+            log.warning(
+                "max_job_duration=%s exceeds RabbitMQ's consumer_timeout of %g s: a job "
+                "running longer makes the broker close the channel and deliver it again. "
+                "Raise consumer_timeout in rabbitmq.conf (see the README) and tell uno_jobs "
+                "with ?consumer_timeout=SECONDS on the broker URL.",
+                f"{limit:g} s",
+                broker_limit,
+            )
 
     async def wait_stopped(self) -> None:
         """Block until the worker has stopped (after ``shutdown`` or a signal)."""
