@@ -20,7 +20,7 @@ from uno_jobs.plugins import hookimpl
 from uno_jobs.queue import JobHandle, JobSpec, Queue
 from uno_jobs.store import JobRecord, JobStatus
 from uno_jobs.tasks import Task, TaskRegistry, task
-from uno_jobs.worker import AsyncWorker, SyncWorker, ThreadPoolWorker
+from uno_jobs.worker import AsyncWorker, ProcessPoolWorker, SyncWorker, ThreadPoolWorker
 
 __version__ = "0.1.0"
 
@@ -38,6 +38,7 @@ __all__ = [
     "JobTimeoutError",
     "Middleware",
     "PayloadError",
+    "ProcessPoolWorker",
     "Queue",
     "SyncWorker",
     "Task",

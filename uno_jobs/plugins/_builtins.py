@@ -16,9 +16,15 @@ if TYPE_CHECKING:
 
 @hookimpl
 def uno_jobs_worker_types() -> Mapping[str, type[BaseWorker]]:
+    from uno_jobs.worker._process import ProcessPoolWorker
     from uno_jobs.worker._types import AsyncWorker, SyncWorker, ThreadPoolWorker
 
-    return {"sync": SyncWorker, "thread": ThreadPoolWorker, "async": AsyncWorker}
+    return {
+        "sync": SyncWorker,
+        "thread": ThreadPoolWorker,
+        "async": AsyncWorker,
+        "process": ProcessPoolWorker,
+    }
 
 
 @hookimpl

@@ -11,6 +11,7 @@ from uno_jobs.worker._options import (
     ThreadPoolWorkerOptions,
     WorkerOptions,
 )
+from uno_jobs.worker._process import ProcessPoolWorker, ProcessPoolWorkerOptions
 from uno_jobs.worker._types import AsyncWorker, SyncWorker, ThreadPoolWorker
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "AsyncWorkerOptions",
     "BaseWorker",
     "JobTimeLimitExceeded",
+    "ProcessPoolWorker",
+    "ProcessPoolWorkerOptions",
     "SyncWorker",
     "SyncWorkerOptions",
     "ThreadPoolWorker",
