@@ -299,6 +299,10 @@ def test_sigkilled_worker_job_is_delivered_again(
             first = subprocess.Popen(cmd, env=env, cwd=REPO)
             victims.append(first)
             await async_wait_until(lambda: list(tmp_path.glob("victim.*")), timeout=20)
+            # A lost worker is counted from its job's record: wait until "running" is in.
+            await async_wait_until(
+                lambda: queue.get_job_sync(job.id).status == JobStatus.RUNNING, timeout=10
+            )
             first.send_signal(signal.SIGKILL)
             first.wait(10)
             second = subprocess.Popen(cmd, env=env, cwd=REPO)

@@ -85,6 +85,29 @@ EXAMPLES = [
         (r"^10 jobs completed, 5 at a time, in \d+ threads$",),
     ),
     Example(
+        "specialized_workers.py",
+        "Specialized Workers",
+        (
+            r"^critical jobs ran on critical-worker$",
+            r"^high jobs ran on standard-worker$",
+            r"^normal jobs ran on standard-worker$",
+            r"^low jobs ran on background-worker$",
+        ),
+    ),
+    Example(
+        "graceful_shutdown.py",
+        "Graceful Shutdown",
+        (
+            r"^SIGTERM: the running job finished \(slept 1\.0 s\), then the worker stopped$",
+            r"^Worker shutdown complete$",
+        ),
+    ),
+    Example(
+        "process_pool_worker.py",
+        "Process Pool Worker",
+        (r"^8 jobs completed, 4 at a time, in 4 child processes$",),
+    ),
+    Example(
         "async_worker.py",
         "Async Worker",
         (r"^20 jobs ran concurrently on one event loop", r"'jobs_succeeded': 20,"),
