@@ -42,7 +42,7 @@ def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(coro_fn())  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["sync", "thread", "async"])
+@pytest.fixture(params=["sync", "thread", "async", "process"])
 def worker_type(request: pytest.FixtureRequest) -> type[BaseWorker]:
     return get_worker_type(request.param)
 
