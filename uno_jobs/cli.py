@@ -73,14 +73,14 @@ def _parser() -> argparse.ArgumentParser:
         "-t",
         default="async",
         dest="worker_type",
-        help="worker type: sync, thread, async (and plugin types)",
+        help="worker type: sync, thread, async, process (and plugin types)",
     )
     w.add_argument(
         "--concurrency",
         "-c",
         type=int,
         default=None,
-        help="max_concurrent / max_threads of the worker type",
+        help="max_concurrent / max_threads / max_processes of the worker type",
     )
     w.add_argument(
         "--broker",
