@@ -158,7 +158,13 @@ def test_job_with_unknown_id_exits_1(env: dict[str, str]) -> None:
 
 @pytest.mark.parametrize(
     ("worker_type", "broker"),
-    [("async", "embedded"), ("sync", "embedded"), ("thread", "embedded"), ("async", "amqp")],
+    [
+        ("async", "embedded"),
+        ("sync", "embedded"),
+        ("thread", "embedded"),
+        ("process", "embedded"),
+        ("async", "amqp"),
+    ],
 )
 def test_worker_processes_jobs_and_stops_cleanly_on_sigterm(
     env: dict[str, str], queue_name: str, tmp_path: Path, worker_type: str, broker: str
