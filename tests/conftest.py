@@ -59,7 +59,8 @@ def queue_name() -> str:
     return f"t-{uuid.uuid4().hex[:10]}"
 
 
-def _delete_redis_prefix(prefix: str) -> None:
+def delete_redis_prefix(prefix: str) -> None:
+    """Delete every key of the test Redis database that starts with ``prefix``."""
     import redis
 
     host, port = REDIS_HOST.split(":")
@@ -84,7 +85,7 @@ def make_broker_url(
             f"redis://{REDIS_HOST}/{REDIS_DB}?key_prefix={prefix}"
             f"&visibility_timeout={visibility_timeout}"
         )
-        return url, lambda: _delete_redis_prefix(prefix)
+        return url, lambda: delete_redis_prefix(prefix)
     if kind == "amqp":
         return AMQP_URL, lambda: None
     raise ValueError(kind)

@@ -30,7 +30,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from conftest import AMQP_URL, REDIS_DB, REDIS_HOST
+from conftest import AMQP_URL, REDIS_DB, REDIS_HOST, delete_redis_prefix
 
 from uno_jobs import Queue
 
@@ -212,19 +212,6 @@ def _delete_default_queues(broker_url: str) -> None:
     asyncio.run(delete())
 
 
-def _delete_redis_prefix(prefix: str) -> None:
-    import redis
-
-    host, port = REDIS_HOST.split(":")
-    client = redis.Redis(host=host, port=int(port), db=REDIS_DB)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
 @pytest.fixture(params=["embedded", "redis", "amqp"])
 def example_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
     """The environment of one example run: its own UNO_JOBS_HOME and broker namespace."""
@@ -239,7 +226,7 @@ def example_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict
         try:
             yield env
         finally:
-            _delete_redis_prefix(prefix)
+            delete_redis_prefix(prefix)
     else:
         namespace: AmqpNamespace = request.getfixturevalue("amqp_namespace")
         env["UNO_JOBS_BROKER_URL"] = namespace.url
