@@ -33,7 +33,6 @@ class WorkerStats:
         self.started_monotonic = time.monotonic()
         self.succeeded = 0
         self.failed = 0
-        self.dead = 0
         self.consecutive_failures = 0
         self.last_completed: float | None = None
         self._durations: deque[float] = deque(maxlen=RESERVOIR_SIZE)

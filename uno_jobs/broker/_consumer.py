@@ -52,7 +52,6 @@ class Delivery:
     content_type: str | None
     content_encoding: str | None
     redelivered: bool
-    received_at: float
 
 
 class ConsumerThread(threading.Thread):
@@ -133,10 +132,6 @@ class ConsumerThread(threading.Thread):
     def set_consuming(self, wanted: bool) -> None:
         """Stop or restart taking new messages (pause/resume)."""
         self._command(lambda: self._apply_consuming(wanted))
-
-    def call(self, func: Callable[[], None]) -> None:
-        """Run ``func`` in this thread (used for hand-backs that must follow acks)."""
-        self._command(func)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Hand back every held message, close the connection and end the thread."""
@@ -353,7 +348,6 @@ class ConsumerThread(threading.Thread):
                 content_type=message.content_type,
                 content_encoding=message.content_encoding,
                 redelivered=bool(info.get("redelivered")),
-                received_at=time.time(),
             )
         )
 
