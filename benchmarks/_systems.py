@@ -89,8 +89,8 @@ def _failed(
 
 def run_uno(ctx: Context, system: str, broker: str) -> list[Sample]:
     """uno_jobs: enqueue N jobs (batches of 1,000), then drain them with ONE worker process."""
-    kind = "sync" if system == "uno_sync" else "async"
-    task = SYNC_TASK if kind == "sync" else ASYNC_TASK
+    kind = system.removeprefix("uno_")
+    task = ASYNC_TASK if kind == "async" else SYNC_TASK
     queue = ctx.names.queue(system, broker, ctx.round_no)
     url = ctx.names.uno_url(broker)
     home = ctx.workdir / f"home-{queue}"
@@ -235,7 +235,9 @@ def run_peer(ctx: Context, system: str, broker: str) -> list[Sample]:
 
 RUNNERS: dict[str, Callable[[Context, str, str], list[Sample]]] = {
     "uno_sync": run_uno,
+    "uno_thread": run_uno,
     "uno_async": run_uno,
+    "uno_process": run_uno,
     "kombu": run_kombu,
     "celery": run_peer,
     "dramatiq": run_peer,

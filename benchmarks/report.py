@@ -32,7 +32,9 @@ TARGET_RATIO = 0.50
 
 SYSTEM_LABELS: dict[str, str] = {
     "uno_sync": "uno_jobs SyncWorker",
+    "uno_thread": "uno_jobs ThreadPoolWorker(8)",
     "uno_async": "uno_jobs AsyncWorker(50)",
+    "uno_process": "uno_jobs ProcessPoolWorker(2)",
     "kombu": "raw kombu",
     "celery": "Celery solo",
     "dramatiq": "Dramatiq 1p x 8t",
@@ -46,7 +48,7 @@ METRIC_LABELS: dict[str, str] = {
     "consume_p150": "consume+ack, prefetch 150",
 }
 
-_UNO_SYSTEMS = ("uno_sync", "uno_async")
+_UNO_SYSTEMS = ("uno_sync", "uno_thread", "uno_async", "uno_process")
 _PEERS = ("celery", "dramatiq")
 
 

@@ -3,7 +3,7 @@
 ::
 
     .venv/bin/python benchmarks/run.py [--jobs 10000] [--rounds 1]
-        [--brokers embedded,redis,amqp] [--systems uno_sync,uno_async,kombu,celery,dramatiq]
+        [--brokers embedded,redis,amqp] [--systems uno_sync,uno_thread,uno_async,uno_process,kombu,celery,dramatiq]
         [--json FILE] [--markdown FILE]
 
 Prints a table of every rate (medians over the rounds), then the ratios that matter, each
@@ -39,7 +39,7 @@ from benchmarks.report import (
     to_json,
 )
 
-SYSTEMS = ("uno_sync", "uno_async", "kombu", "celery", "dramatiq")
+SYSTEMS = ("uno_sync", "uno_thread", "uno_async", "uno_process", "kombu", "celery", "dramatiq")
 BROKERS = ("embedded", "redis", "amqp")
 _UNO_ONLY_BROKERS = {"embedded"}
 

@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.uno_runner enqueue --broker URL --queue Q --jobs N --task NAME``
     enqueues N jobs with ``Queue.enqueue_many`` in batches of 1,000 and reports the time.
-``python -m benchmarks.uno_runner work --kind sync|async --broker URL --queue Q --jobs N``
+``python -m benchmarks.uno_runner work --kind sync|thread|async|process --broker URL --queue Q --jobs N``
     starts ONE worker in this process, waits until it has processed N jobs and reports
     the time from ``start()`` to the last job's completion, then shuts down.
 ``python -m benchmarks.uno_runner delete --broker URL --queue Q``
@@ -20,12 +20,14 @@ import json
 import time
 from typing import Any
 
-from uno_jobs import AsyncWorker, JobSpec, Queue, SyncWorker
-from uno_jobs.worker import BaseWorker, WorkerState
+from uno_jobs import AsyncWorker, JobSpec, Queue, SyncWorker, ThreadPoolWorker
+from uno_jobs.worker import BaseWorker, ProcessPoolWorker, WorkerState
 
 ENQUEUE_BATCH = 1_000
 WORKER_BATCH_SIZE = 100
 ASYNC_CONCURRENCY = 50
+THREADS = 8
+PROCESSES = 2
 _POLL_SECONDS = 0.01
 
 
@@ -47,6 +49,20 @@ async def enqueue(broker: str, queue_name: str, jobs: int, task_name: str) -> di
 def _make_worker(kind: str, broker: str, queue_name: str) -> BaseWorker:
     if kind == "sync":
         return SyncWorker(queue_name=queue_name, broker_url=broker, batch_size=WORKER_BATCH_SIZE)
+    if kind == "thread":
+        return ThreadPoolWorker(
+            queue_name=queue_name,
+            broker_url=broker,
+            batch_size=WORKER_BATCH_SIZE,
+            max_threads=THREADS,
+        )
+    if kind == "process":
+        return ProcessPoolWorker(
+            queue_name=queue_name,
+            broker_url=broker,
+            batch_size=WORKER_BATCH_SIZE,
+            max_processes=PROCESSES,
+        )
     return AsyncWorker(
         queue_name=queue_name,
         broker_url=broker,
@@ -117,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queue", required=True)
     parser.add_argument("--jobs", type=int, default=0)
     parser.add_argument("--task", default="bench.noop")
-    parser.add_argument("--kind", choices=["sync", "async"], default="sync")
+    parser.add_argument("--kind", choices=["sync", "thread", "async", "process"], default="sync")
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
     if args.action == "enqueue":
