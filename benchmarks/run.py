@@ -3,7 +3,8 @@
 ::
 
     .venv/bin/python benchmarks/run.py [--jobs 10000] [--rounds 1]
-        [--brokers embedded,redis,amqp] [--systems uno_sync,uno_thread,uno_async,uno_process,kombu,celery,dramatiq]
+        [--brokers embedded,redis,amqp]
+        [--systems uno_sync,uno_thread,uno_async,uno_process,kombu,celery,dramatiq]
         [--json FILE] [--markdown FILE]
 
 Prints a table of every rate (medians over the rounds), then the ratios that matter, each

@@ -2,7 +2,8 @@
 
 ``python -m benchmarks.uno_runner enqueue --broker URL --queue Q --jobs N --task NAME``
     enqueues N jobs with ``Queue.enqueue_many`` in batches of 1,000 and reports the time.
-``python -m benchmarks.uno_runner work --kind sync|thread|async|process --broker URL --queue Q --jobs N``
+``python -m benchmarks.uno_runner work --kind KIND --broker URL --queue Q --jobs N``
+    (KIND: sync, thread, async or process)
     starts ONE worker in this process, waits until it has processed N jobs and reports
     the time from ``start()`` to the last job's completion, then shuts down.
 ``python -m benchmarks.uno_runner delete --broker URL --queue Q``
