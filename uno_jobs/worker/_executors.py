@@ -200,7 +200,10 @@ class ThreadExecutor(Executor):
         try:
             return await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
-            self._pool.interrupt(future)
+            if not task.is_async:
+                # A coroutine is cancelled by its own loop at the same limit; an exception
+                # raised into that loop would leave it unclosed.
+                self._pool.interrupt(future)
             raise JobTimeLimitExceeded(timeout) from None
 
     def shutdown(self, wait: bool) -> None:
