@@ -57,7 +57,16 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="uno-jobs", description="uno_jobs background jobs")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_worker_command(sub)
+    _add_job_commands(sub)
 
+    from uno_jobs.plugins import get_plugins
+
+    get_plugins().add_cli_commands(sub)
+    return parser
+
+
+def _add_worker_command(sub: argparse._SubParsersAction[Any]) -> None:
     w = sub.add_parser("worker", help="run a worker until SIGINT/SIGTERM")
     w.add_argument(
         "--app",
@@ -120,6 +129,8 @@ def _parser() -> argparse.ArgumentParser:
 
     get_plugins().add_worker_options(w)
 
+
+def _add_job_commands(sub: argparse._SubParsersAction[Any]) -> None:
     e = sub.add_parser("enqueue", help="enqueue one job")
     e.add_argument("task")
     e.add_argument("--args", type=_json_arg(list), default=[], help="JSON list")
@@ -154,9 +165,6 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list the loaded plugins and what they contribute")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_plugins)
-
-    get_plugins().add_cli_commands(sub)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
