@@ -12,7 +12,6 @@ States: initialized → starting → running ⇄ paused → shutting_down → st
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import heapq
 import itertools
 import logging
@@ -20,7 +19,6 @@ import os
 import signal
 import socket
 import time
-import traceback
 from collections import deque
 from collections.abc import Coroutine
 from typing import Any, ClassVar
@@ -29,8 +27,6 @@ from uno_jobs.broker import (
     Broker,
     ConsumerThread,
     Delivery,
-    Outgoing,
-    level_queue_name,
     level_queues,
 )
 from uno_jobs.config import resolve_allowed_modules, resolve_broker_url, resolve_store_url
@@ -44,20 +40,18 @@ from uno_jobs.message import (
     PRIORITY_LEVELS,
     Message,
     decode,
-    encode,
-    iso_from_timestamp,
     timestamp_from_iso,
 )
 from uno_jobs.metrics import WorkerStats
 from uno_jobs.middleware import MiddlewareChain, job_fields, job_view
 from uno_jobs.plugins import get_plugins
-from uno_jobs.retry import RetryContext, RetryPolicy
-from uno_jobs.schedule import DueJobMover, scheduled_entry
+from uno_jobs.schedule import DueJobMover
 from uno_jobs.store import JobStatus, JobStore, JobUpdate, open_store
 from uno_jobs.tasks import Task, TaskResolver, get_default_registry
 from uno_jobs.worker._deadletter import DeadLetterer
 from uno_jobs.worker._executors import Executor, JobTimeLimitExceeded, WorkerLostError
 from uno_jobs.worker._options import WorkerOptions, build_options
+from uno_jobs.worker._outcomes import Outcomes, RetryDecider
 from uno_jobs.worker._recorder import Entry, Recorder
 
 __all__ = ["BaseWorker", "WorkerState"]
@@ -66,9 +60,6 @@ log = logging.getLogger("uno_jobs.worker")
 
 _LEVEL_RANK = {level: rank for rank, level in enumerate(PRIORITY_LEVELS)}
 _ids = itertools.count(1)
-_WORKER_LOST_LIMIT = 3
-# A retry re-sends a message that was accepted once; only the transport limits its size.
-_RETRY_MAX_BYTES = 64 * 1024 * 1024
 
 
 class WorkerState:
@@ -114,8 +105,7 @@ class BaseWorker:
                 for m in opts.middleware
             ]
         )
-        self._retry_policy = _resolve_policy(opts.retry_policy)
-        self._task_policies: dict[str, RetryPolicy] = {}
+        self._retries = RetryDecider(opts.retry_policy)
         self._resolver = TaskResolver(
             opts.registry or get_default_registry(),
             resolve_allowed_modules(opts.allowed_modules),
@@ -132,6 +122,7 @@ class BaseWorker:
         self._executor: Executor | None = None
         self._mover: DueJobMover | None = None
         self._dead: DeadLetterer | None = None
+        self._outcomes: Outcomes | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: deque[Delivery] = deque()
         self._inbox_scheduled = False
@@ -197,6 +188,9 @@ class BaseWorker:
         )
         self._warn_about_consumer_timeout()
         self._dead = DeadLetterer(self._consumer, self._recorder, self.worker_id)
+        self._outcomes = Outcomes(
+            self._recorder, self._consumer, self._dead, self.stats, self.queue_name, self.worker_id
+        )
         self._consumer.start_and_wait()
         self._mover = DueJobMover(self._store, self._broker, opts.poll_interval, self.worker_id)
         self._mover.start()
@@ -491,72 +485,15 @@ class BaseWorker:
         # A delivery whose record still says running lost its worker (the process died).
         lost = record.worker_lost + (1 if record.status == JobStatus.RUNNING else 0)
         message.worker_lost = max(message.worker_lost, lost)
-        return self._dead_if_lost_too_often(run, message)
-
-    def _dead_if_lost_too_often(self, run: _Run, message: Message) -> bool:
-        if message.worker_lost < _WORKER_LOST_LIMIT:
-            return False
-        assert self._dead is not None
-        self._dead.dead_letter(
-            run.delivery,
-            self.queue_name,
-            "worker_lost",
-            f"the job's worker was lost {message.worker_lost} times",
-            message.id,
-            worker_lost=message.worker_lost,
-        )
-        return True
-
-    def _worker_lost(self, run: _Run, message: Message, detail: str) -> None:
-        """The process running the job died (a process-pool child): count it, hand it back.
-
-        Worker-lost deliveries are counted apart from retries; the third is dead-lettered
-        with reason ``worker_lost``.
-        """
-        assert self._recorder is not None and self._consumer is not None
-        message.worker_lost += 1
-        log.error(
-            "job %s (%s): its process died (%s); worker-lost count %d",
-            message.id,
-            message.task,
-            detail,
-            message.worker_lost,
-            extra={"job_id": message.id, "task": message.task, "worker_id": self.worker_id},
-        )
-        if self._dead_if_lost_too_often(run, message):
-            return
-        tag, consumer = run.delivery.tag, self._consumer
-        fields = {"status": JobStatus.QUEUED, "worker_lost": message.worker_lost, "worker_id": None}
-        self._recorder.put(
-            Entry(
-                [JobUpdate(message.id, message.task, self.queue_name, fields)],
-                after=lambda: consumer.reject(tag, requeue=True),
-            )
-        )
+        assert self._outcomes is not None
+        return self._outcomes.dead_if_lost_too_often(run.delivery, message)
 
     async def _execute(self, run: _Run, message: Message, task: Task[..., Any]) -> None:
-        assert self._executor is not None and self._recorder is not None
+        assert self._executor is not None and self._outcomes is not None
+        outcomes = self._outcomes
         started = time.time()
         self.stats.job_started(message.enqueued_at, started)
-        self._recorder.put(
-            Entry(
-                [
-                    JobUpdate(
-                        message.id,
-                        message.task,
-                        self.queue_name,
-                        {
-                            "status": JobStatus.RUNNING,
-                            "started_at": started,
-                            "worker_id": self.worker_id,
-                            "attempts": message.attempt,
-                            "worker_lost": message.worker_lost,
-                            "priority": message.priority,
-                        },
-                    )
-                ]
-            )
-        )
+        outcomes.running(message, started)
         view = self._job_view(message) if self._middleware else None
         timeout = _effective_timeout(task.timeout, self.options.max_job_duration)
         t0 = time.perf_counter()
@@ -568,7 +505,7 @@ class BaseWorker:
                 result = await self._middleware.after_execution(view, task.func, result)
         except WorkerLostError as exc:
             if not run.discarded:
-                self._worker_lost(run, message, str(exc))
+                outcomes.worker_lost(run.delivery, message, str(exc))
             return
         except (Exception, JobTimeLimitExceeded) as exc:
             if run.discarded:
@@ -576,142 +513,16 @@ class BaseWorker:
             if view is not None:
                 await self._middleware.on_error(view, task.func, exc)
             duration = time.perf_counter() - t0
-            delay = self._retry_delay(task, message, exc)
+            delay = self._retries.delay(task, message, exc)
             if delay is None:
-                self._record_failure(run, message, exc, duration)
+                outcomes.failed(run.delivery, message, exc, duration)
+                self._check_max_failures()
             else:
-                self._retry(run, message, exc, delay, duration)
+                outcomes.retry(run.delivery, message, exc, delay, duration)
             return
         if run.discarded:
             return
-        self._record_success(run, message, result, time.perf_counter() - t0)
-
-    def _record_success(self, run: _Run, message: Message, result: Any, duration: float) -> None:
-        assert self._recorder is not None and self._consumer is not None
-        self.stats.job_finished(True, duration)
-        tag = run.delivery.tag
-        consumer = self._consumer
-        self._recorder.put(
-            Entry(
-                [
-                    JobUpdate(
-                        message.id,
-                        message.task,
-                        self.queue_name,
-                        {
-                            "status": JobStatus.SUCCEEDED,
-                            "finished_at": time.time(),
-                            "result": result,
-                        },
-                    )
-                ],
-                after=lambda: consumer.ack(tag),
-            )
-        )
-
-    def _record_failure(
-        self, run: _Run, message: Message, exc: BaseException, duration: float
-    ) -> None:
-        assert self._recorder is not None and self._consumer is not None
-        self.stats.job_finished(False, duration)
-        self._log_failure(message, exc, "")
-        fields = {
-            "status": JobStatus.FAILED,
-            "finished_at": time.time(),
-            **_error_fields(exc),
-            "dead_reason": "timeout" if isinstance(exc, JobTimeLimitExceeded) else None,
-        }
-        tag, consumer = run.delivery.tag, self._consumer
-        self._recorder.put(
-            Entry(
-                [JobUpdate(message.id, message.task, self.queue_name, fields)],
-                after=lambda: consumer.ack(tag),
-            )
-        )
-        self._check_max_failures()
-
-    def _log_failure(self, message: Message, exc: BaseException, then: str) -> None:
-        log.warning(
-            "job %s (%s) attempt %d failed: %s: %s%s",
-            message.id,
-            message.task,
-            message.attempt,
-            type(exc).__name__,
-            exc,
-            then,
-            extra={
-                "job_id": message.id,
-                "task": message.task,
-                "attempt": message.attempt,
-                "worker_id": self.worker_id,
-            },
-        )
-
-    def _retry_delay(
-        self, task: Task[..., Any], message: Message, exc: BaseException
-    ) -> float | None:
-        """Seconds until the next attempt, or ``None`` when the job has failed for good."""
-        if message.attempt > task.max_retries:
-            return None
-        policy = self._policy_for(task)
-        context = RetryContext(
-            message.attempt, task.max_retries, task.retry_delay, exc, message.task
-        )
-        try:
-            delay = policy.next_delay(context)
-        except Exception:
-            log.exception("retry policy %r raised; job %s is not retried", policy, message.id)
-            return None
-        return None if delay is None else max(0.0, float(delay))
-
-    def _policy_for(self, task: Task[..., Any]) -> RetryPolicy:
-        chosen = task.retry_policy
-        if chosen is None:
-            return self._retry_policy
-        if not isinstance(chosen, str):
-            return chosen  # type: ignore[no-any-return]
-        policy = self._task_policies.get(chosen)
-        if policy is None:
-            policy = self._task_policies[chosen] = _resolve_policy(chosen)
-        return policy
-
-    def _retry(
-        self, run: _Run, message: Message, exc: BaseException, delay: float, duration: float
-    ) -> None:
-        """Record the failed attempt and send the job again, now or after ``delay``.
-
-        A delayed retry goes to the store's schedule (never held in memory); the message
-        is acked only once the retry is recorded (scheduled, or published).
-        """
-        assert self._recorder is not None and self._consumer is not None
-        self.stats.job_finished(False, duration)
-        self._log_failure(message, exc, f"; retrying in {delay:.3g} s")
-        now = time.time()
-        again = dataclasses.replace(
-            message,
-            retries=message.retries + 1,
-            eta=iso_from_timestamp(now + delay) if delay else None,
-            extra_headers=dict(message.extra_headers),
-        )
-        encoded = encode(again, max_bytes=_RETRY_MAX_BYTES)
-        routing_key = level_queue_name(self.queue_name, message.priority)
-        fields = {
-            "status": JobStatus.SCHEDULED if delay else JobStatus.RETRYING,
-            "attempts": message.attempt,
-            **_error_fields(exc),
-        }
-        update = JobUpdate(message.id, message.task, self.queue_name, fields)
-        tag, consumer = run.delivery.tag, self._consumer
-        if delay:
-            entry = scheduled_entry(
-                message.id, message.task, self.queue_name, routing_key, now + delay, encoded
-            )
-            self._recorder.put(Entry([update], schedule=entry, after=lambda: consumer.ack(tag)))
-        else:
-            outgoing = Outgoing(routing_key, encoded)
-            self._recorder.put(
-                Entry([update], after=lambda: consumer.publish_then_ack(tag, outgoing))
-            )
+        outcomes.succeeded(run.delivery, message, result, time.perf_counter() - t0)
 
     def _check_max_failures(self) -> None:
         limit = self.options.max_failures
@@ -727,22 +538,6 @@ class BaseWorker:
 
     def _job_view(self, message: Message) -> Any:
         return job_view(job_fields(message, self.worker_id))
-
-
-def _error_fields(exc: BaseException) -> dict[str, Any]:
-    return {
-        "error_type": type(exc).__name__,
-        "error_message": str(exc),
-        "error_traceback": "".join(traceback.format_exception(exc))[-8192:],
-    }
-
-
-def _resolve_policy(chosen: Any) -> RetryPolicy:
-    if isinstance(chosen, str):
-        factory = get_plugins().lookup("retry policies", chosen)
-        policy: RetryPolicy = factory()
-        return policy
-    return chosen  # type: ignore[no-any-return]
 
 
 def _effective_timeout(task_timeout: float | None, max_job_duration: float | None) -> float | None:
