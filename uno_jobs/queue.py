@@ -33,6 +33,7 @@ from uno_jobs.message import DEFAULT_MAX_MESSAGE_BYTES, Message, encode, new_mes
 from uno_jobs.middleware import Middleware, MiddlewareChain, job_fields, job_view
 from uno_jobs.schedule import scheduled_entry
 from uno_jobs.store import DeadLetter, JobRecord, JobStatus, JobStore, open_store
+from uno_jobs.store._base import first_repeated
 from uno_jobs.tasks import Task, get_default_registry
 
 __all__ = ["JobHandle", "JobSpec", "Queue"]
@@ -262,10 +263,9 @@ class Queue:
 
     def _send(self, prepared: list[tuple[Message, Any, float | None]]) -> list[JobHandle]:
         ids = [m.id for m, _, _ in prepared]
-        if len(set(ids)) != len(ids):
-            seen: set[str] = set()
-            dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
-            raise DuplicateJobError(dup)
+        repeated = first_repeated(ids)
+        if repeated is not None:
+            raise DuplicateJobError(repeated)
         now = time.time()
         records = [
             JobRecord(
