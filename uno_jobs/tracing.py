@@ -1,0 +1,196 @@
+"""OpenTelemetry tracing of jobs, after the messaging semantic conventions.
+
+::
+
+    producer: send {queue} (PRODUCER) ─ W3C traceparent/tracestate into the message headers
+    worker:   process {queue} (CONSUMER) ─ child of the producer span, with a link to it
+                └─ spans the task opens (threads, asyncio, process-pool children)
+
+The library uses the OpenTelemetry API only: without an SDK configured by the application
+(see ``configure_sdk``, which the CLI calls), every span is a no-op that costs a few
+microseconds. A retry re-sends the message with the same headers, so each attempt's
+``process`` span joins the trace of the original ``send``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+
+__all__ = [
+    "EMBEDDED_SYSTEM",
+    "configure_sdk",
+    "consumer_span",
+    "current_carrier",
+    "extract_context",
+    "fail_span",
+    "inject_context",
+    "messaging_system",
+    "producer_span",
+    "use_context",
+]
+
+log = logging.getLogger("uno_jobs.tracing")
+
+#: ``messaging.system`` of uno_jobs' own embedded (SQLite) and in-memory brokers.
+EMBEDDED_SYSTEM = "uno_jobs_embedded"
+
+_SYSTEMS = {
+    "amqp": "rabbitmq",
+    "redis": "redis",
+    "sqs": "aws_sqs",
+    "embedded": EMBEDDED_SYSTEM,
+    "memory": EMBEDDED_SYSTEM,
+}
+_TRACER_NAME = "uno_jobs"
+
+
+def messaging_system(broker_kind: str) -> str:
+    """The ``messaging.system`` attribute for a broker kind (``amqp``, ``redis``, ...)."""
+    return _SYSTEMS.get(broker_kind, broker_kind)
+
+
+def _tracer() -> trace.Tracer:
+    # Looked up per call: the application may install its provider after importing us.
+    return trace.get_tracer(_TRACER_NAME)
+
+
+def _base_attributes(system: str, queue: str, job_id: str, operation: str) -> dict[str, Any]:
+    return {
+        "messaging.system": system,
+        "messaging.destination.name": queue,
+        "messaging.message.id": job_id,
+        "messaging.operation.type": operation,
+        "messaging.operation.name": operation,
+    }
+
+
+def inject_context(headers: MutableMapping[str, Any], span: Span) -> None:
+    """Write the W3C trace context of ``span`` into ``headers`` (``traceparent`` ...)."""
+    propagate.inject(headers, context=trace.set_span_in_context(span))
+
+
+def extract_context(headers: MutableMapping[str, Any] | dict[str, Any]) -> otel_context.Context:
+    """The context carried by a message's headers (empty when it carries none)."""
+    carrier = {k: v for k, v in headers.items() if isinstance(v, str)}
+    return propagate.extract(carrier)
+
+
+def producer_span(
+    system: str, queue: str, job_id: str, task: str, headers: MutableMapping[str, Any]
+) -> Span:
+    """Start the PRODUCER span ``send {queue}`` and put its context into ``headers``.
+
+    The caller ends it (``span.end()``) once the broker has the message, after recording
+    an exception with :func:`fail_span` if the publish failed.
+    """
+    attributes = _base_attributes(system, queue, job_id, "send")
+    attributes["uno_jobs.task"] = task
+    span = _tracer().start_span(f"send {queue}", kind=SpanKind.PRODUCER, attributes=attributes)
+    inject_context(headers, span)
+    return span
+
+
+def fail_span(span: Span, exc: BaseException) -> None:
+    """Record ``exc`` on ``span`` and set its status to error."""
+    if span.is_recording():
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+
+
+@contextlib.contextmanager
+def consumer_span(
+    system: str,
+    queue: str,
+    job_id: str,
+    task: str,
+    attempt: int,
+    headers: MutableMapping[str, Any] | dict[str, Any],
+) -> Iterator[Span]:
+    """The CONSUMER span ``process {queue}`` of one execution, current while it is open.
+
+    Its parent is the producer span found in ``headers`` (when there is one), and it links
+    to it too. The caller sets ``uno_jobs.outcome`` and calls :func:`fail_span` on errors;
+    the span ends when the block exits.
+    """
+    parent = extract_context(headers)
+    producer = trace.get_current_span(parent).get_span_context()
+    links = [Link(producer)] if producer.is_valid else None
+    attributes = _base_attributes(system, queue, job_id, "process")
+    attributes["uno_jobs.task"] = task
+    attributes["uno_jobs.attempt"] = attempt
+    with _tracer().start_as_current_span(
+        f"process {queue}",
+        context=parent,
+        kind=SpanKind.CONSUMER,
+        links=links,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        yield span
+
+
+@contextlib.contextmanager
+def use_context(carrier: dict[str, str] | None) -> Iterator[None]:
+    """Make the context in ``carrier`` current (used where a task runs: threads, children)."""
+    if not carrier:
+        yield
+        return
+    token = otel_context.attach(propagate.extract(carrier))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def current_carrier() -> dict[str, str]:
+    """The current context as W3C headers, to hand to a thread or a child process."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def configure_sdk(service_name: str | None = None) -> bool:
+    """Install the OpenTelemetry SDK with an OTLP exporter, from the ``OTEL_*`` variables.
+
+    Does nothing (returns ``False``) unless an OTLP endpoint is configured
+    (``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) and
+    ``OTEL_SDK_DISABLED`` is not true, or when the SDK or the OTLP/HTTP exporter is not
+    installed (``pip install 'uno-jobs[otel]'``; a warning says so). The exporter reads
+    its endpoint, headers and timeouts from the standard variables itself; sampling follows
+    ``OTEL_TRACES_SAMPLER``/``OTEL_TRACES_SAMPLER_ARG``.
+    """
+    env = os.environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if not (
+        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ):
+        return False
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError as exc:
+        log.warning(
+            "an OTLP endpoint is configured but the OpenTelemetry SDK or OTLP exporter is "
+            "not installed (%s); install uno-jobs[otel] to export traces",
+            exc,
+        )
+        return False
+    attributes = {}
+    if service_name and not env.get("OTEL_SERVICE_NAME"):
+        attributes[SERVICE_NAME] = service_name
+    provider = TracerProvider(resource=Resource.create(attributes))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    return True
