@@ -1,0 +1,95 @@
+"""Job events for metrics exporters: what happened to which job, as it happens.
+
+A metrics exporter (the ``uno_jobs_metrics_exporters`` hook, e.g. the Prometheus plugin)
+is a :class:`JobEvents` subclass; the worker calls its methods on its event loop, the
+producer (``Queue``) in the thread that enqueues. Methods must be quick and must not block
+(update counters; do I/O elsewhere). An exception in a listener is logged (once per
+listener and method) and never changes a job's outcome.
+
+Outcomes reported by ``job_finished``: ``succeeded``, ``failed`` (for good), ``retried``
+(the attempt failed, another follows), ``worker_lost`` (its process died). Messages that
+never ran are reported by ``job_dead_lettered`` with their reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from uno_jobs.worker import BaseWorker
+
+__all__ = ["OUTCOMES", "EventHub", "JobEvents"]
+
+log = logging.getLogger("uno_jobs.events")
+
+OUTCOMES = ("succeeded", "failed", "retried", "worker_lost")
+
+
+class JobEvents:
+    """Base class of event listeners: every method is a no-op; override what you need."""
+
+    def worker_started(self, worker: BaseWorker) -> None:
+        """The worker is consuming (called once, after start-up)."""
+
+    def worker_stopped(self, worker: BaseWorker) -> None:
+        """The worker stopped (called once)."""
+
+    def job_enqueued(self, queue: str, task: str, priority: str) -> None:
+        """A producer published a job (or scheduled it, when delayed)."""
+
+    def job_started(self, queue: str, task: str, wait_seconds: float | None) -> None:
+        """A job's execution starts; ``wait_seconds`` since enqueue (``None``: unknown)."""
+
+    def job_finished(self, queue: str, task: str, outcome: str, duration_seconds: float) -> None:
+        """A job's execution ended with ``outcome`` (one of :data:`OUTCOMES`)."""
+
+    def job_dead_lettered(self, queue: str, task: str, reason: str) -> None:
+        """A message went to the dead letters without running (its ``reason``)."""
+
+
+class EventHub(JobEvents):
+    """Calls every listener in turn; a listener that raises is logged and skipped."""
+
+    def __init__(self, listeners: Sequence[JobEvents] = ()) -> None:
+        self.listeners: list[JobEvents] = list(listeners)
+        self._reported: set[tuple[int, str]] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self.listeners)
+
+    def add(self, listener: JobEvents) -> None:
+        self.listeners.append(listener)
+
+    def _call(self, method: str, *args: Any) -> None:
+        for listener in self.listeners:
+            try:
+                getattr(listener, method)(*args)
+            except Exception:
+                key = (id(listener), method)
+                if key not in self._reported:
+                    self._reported.add(key)
+                    log.exception(
+                        "events listener %s.%s raised (reported once; the job is not affected)",
+                        type(listener).__name__,
+                        method,
+                    )
+
+    def worker_started(self, worker: BaseWorker) -> None:
+        self._call("worker_started", worker)
+
+    def worker_stopped(self, worker: BaseWorker) -> None:
+        self._call("worker_stopped", worker)
+
+    def job_enqueued(self, queue: str, task: str, priority: str) -> None:
+        self._call("job_enqueued", queue, task, priority)
+
+    def job_started(self, queue: str, task: str, wait_seconds: float | None) -> None:
+        self._call("job_started", queue, task, wait_seconds)
+
+    def job_finished(self, queue: str, task: str, outcome: str, duration_seconds: float) -> None:
+        self._call("job_finished", queue, task, outcome, duration_seconds)
+
+    def job_dead_lettered(self, queue: str, task: str, reason: str) -> None:
+        self._call("job_dead_lettered", queue, task, reason)
