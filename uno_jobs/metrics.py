@@ -10,6 +10,10 @@ Definitions (all since the worker started):
 - ``queue_wait_time_avg_ms``: from the enqueue time uno_jobs writes into the message to
   the start of execution; jobs without one (Celery producers) are left out, not zero.
 - ``throughput_jobs_per_minute``: jobs finished in the last 60 seconds.
+
+``WorkerStats.invalid_envelopes`` (not in ``get_metrics()``, whose keys are the spec's):
+items the broker held that were no message at all, such as a stray item in a Redis list
+or a garbage row of the embedded broker, logged and dropped by the consumer thread.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -40,9 +45,22 @@ class WorkerStats:
         self._wait_sum = 0.0
         self._wait_count = 0
         self._finished_at: deque[float] = deque()
+        self._invalid_envelopes: Callable[[], int] = _none
 
     def restart(self) -> None:
+        """Start counting again (at worker start); keeps the ``invalid_envelopes`` source."""
+        source = self._invalid_envelopes
         self.__init__()  # type: ignore[misc]
+        self._invalid_envelopes = source
+
+    def count_invalid_envelopes(self, source: Callable[[], int]) -> None:
+        """Read :attr:`invalid_envelopes` from ``source`` (the consumer thread's counter)."""
+        self._invalid_envelopes = source
+
+    @property
+    def invalid_envelopes(self) -> int:
+        """Items that were no message at all, dropped since the worker started."""
+        return self._invalid_envelopes()
 
     def job_started(self, enqueued_at: float | None, now: float) -> None:
         if enqueued_at is not None:
@@ -105,6 +123,10 @@ class WorkerStats:
             "error_rate": round(self.failure_rate, 4),
             "active_jobs": active_jobs,
         }
+
+
+def _none() -> int:
+    return 0
 
 
 def _percentile(sorted_samples: list[float], q: float) -> float:

@@ -9,6 +9,15 @@ outcome is recorded, so the broker never hands this worker more than
 If the connection drops, the thread reconnects with backoff; the messages it held are
 redelivered by the broker (RabbitMQ at once, Redis and the embedded broker after their
 visibility timeout), and acks for them become no-ops here.
+
+What kombu cannot turn into a message never drops the connection: a stray item in a
+Redis list or a garbage row of the embedded broker (those channels remove it and call
+their ``on_invalid_envelope`` hook, which this thread sets), a body whose ``compression``
+header lies, an envelope whose headers or content type are of the wrong kind. Each is an
+*invalid envelope*: logged once (the queue and the raw item cut to 1 KiB), counted in
+``ConsumerThread.invalid_envelopes`` and removed from the broker. (A readable message
+with a bad body or headers is not one: the worker dead-letters it.) Reconnecting would
+not help: the broker would hand the same item back, forever.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ log = logging.getLogger("uno_jobs.broker")
 _TICK_SECONDS = 0.05
 _MAX_BACKOFF_SECONDS = 10.0
 _WATCHDOG_SECONDS = 5.0
+_LOG_RAW_BYTES = 1024
 
 
 @dataclass(slots=True)
@@ -85,10 +95,11 @@ class ConsumerThread(threading.Thread):
         self._commands: deque[Callable[[], None]] = deque()
         self._commands_ready = threading.Event()
         self._held: dict[int, Any] = {}
-        # AMQP acks of one command round, sent together (``multiple`` where possible).
+        # Acks of one command round, sent together: AMQP with ``multiple`` where possible,
+        # Redis in one pipeline (``basic_ack_many`` of uno_jobs' Redis channel).
         self._acks: list[Any] = []
         self._amqp = spec.kind == "amqp"
-        self._batch_acks = self._amqp
+        self._batch_acks = self._amqp or spec.kind == "redis"
         self._next_tag = 0
         self._stopping = threading.Event()
         self._consuming_wanted = True
@@ -98,6 +109,10 @@ class ConsumerThread(threading.Thread):
         self._consumer: KombuConsumer | None = None
         self._session: PublishSession | None = None
         self.connected = False
+        #: Items kombu could not make a message of, dropped (see the module docstring).
+        self.invalid_envelopes = 0
+        #: Connections lost and made again since the thread started.
+        self.reconnects = 0
         self.last_activity = time.monotonic()
         self._leases_kept_at = time.monotonic()
         self._watchdog_at = time.monotonic()
@@ -142,6 +157,11 @@ class ConsumerThread(threading.Thread):
     def held(self) -> int:
         return len(self._held)
 
+    @property
+    def deliveries(self) -> int:
+        """Messages handed to ``on_delivery`` since the thread started (redeliveries too)."""
+        return self._next_tag
+
     # -- the thread ----------------------------------------------------------------------
 
     def run(self) -> None:
@@ -175,12 +195,19 @@ class ConsumerThread(threading.Thread):
                     extra={"broker": self.spec.display},
                 )
                 self._drop_connection()
+                self.reconnects += 1
                 if self._stopping.wait(backoff):
                     break
                 backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
                 try:
                     self._connect()
-                except Exception:
+                except Exception as connect_exc:
+                    log.warning(
+                        "reconnecting failed (%s); next try in %.1f s",
+                        connect_exc,
+                        backoff,
+                        extra={"broker": self.spec.display},
+                    )
                     continue
         self._shutdown()
 
@@ -265,12 +292,16 @@ class ConsumerThread(threading.Thread):
             self._flush_acks()
 
     def _flush_acks(self) -> None:
-        """Send this round's AMQP acks: one ``multiple`` ack below the oldest held tag.
+        """Send this round's acks. Redis: one pipeline removes them all from the unacked
+        hash and index. AMQP: one ``multiple`` ack below the oldest held tag.
 
         A ``multiple`` ack of tag T settles every delivery up to T on the channel, so it
         may only cover tags lower than every message still held unacknowledged.
         """
         acks, self._acks = self._acks, []
+        if not self._amqp:
+            acks[0].channel.basic_ack_many([m.delivery_tag for m in acks])
+            return
         tags = sorted(m.delivery_tag for m in acks)
         oldest_held = min((m.delivery_tag for m in self._held.values()), default=None)
         channel = acks[0].channel
@@ -298,8 +329,17 @@ class ConsumerThread(threading.Thread):
             queue.declare()
         # on_message hands over the raw message: the body is decoded once, by the worker.
         self._consumer = KombuConsumer(
-            channel, queues=queues, on_message=self._receive, accept=None, no_ack=False
+            channel,
+            queues=queues,
+            on_message=self._receive,
+            accept=None,
+            no_ack=False,
+            on_decode_error=self._undecodable,
         )
+        if hasattr(channel, "on_invalid_envelope"):
+            # The embedded and Redis channels remove what is no message; the report is ours.
+            hook: Any = channel
+            hook.on_invalid_envelope = self._invalid_envelope
         self._consumer.qos(prefetch_count=self._prefetch)
         self._session = PublishSession(self.spec, connection=conn)
         if self._consuming_wanted:
@@ -332,23 +372,61 @@ class ConsumerThread(threading.Thread):
         return rpc_timeout(self._conn, self.spec.confirm_timeout, _TICK_SECONDS)
 
     def _receive(self, message: Any) -> None:
-        self._next_tag += 1
-        tag = self._next_tag
-        self._held[tag] = message
         info = message.delivery_info or {}
         routing_key = info.get("routing_key") or self._queues[0][0]
         self.last_activity = time.monotonic()
-        self._on_delivery(
-            Delivery(
-                tag=tag,
-                routing_key=routing_key,
-                level=self._levels.get(routing_key, "normal"),
-                body=message.body,
-                headers=dict(message.headers or {}),
-                content_type=message.content_type,
-                content_encoding=message.content_encoding,
-                redelivered=bool(info.get("redelivered")),
+        headers, content_type, encoding = (
+            message.headers,
+            message.content_type,
+            message.content_encoding,
+        )
+        # AMQP frames always have these right; a virtual transport's JSON envelope may not.
+        if not isinstance(headers, dict):
+            problem = f"its headers are a {type(headers).__name__}, not a table"
+        elif not isinstance(content_type, (str, type(None))):
+            problem = f"its content type is a {type(content_type).__name__}: {content_type!r}"
+        elif not isinstance(encoding, (str, type(None))):
+            problem = f"its content encoding is a {type(encoding).__name__}: {encoding!r}"
+        else:
+            self._next_tag += 1
+            tag = self._next_tag
+            self._held[tag] = message
+            self._on_delivery(
+                Delivery(
+                    tag=tag,
+                    routing_key=routing_key,
+                    level=self._levels.get(routing_key, "normal"),
+                    body=message.body,
+                    headers=dict(headers),
+                    content_type=content_type,
+                    content_encoding=encoding,
+                    redelivered=bool(info.get("redelivered")),
+                )
             )
+            return
+        self._invalid_envelope(routing_key, message.body, problem)
+        message.reject(requeue=False)
+
+    def _undecodable(self, message: Any, exc: Exception) -> None:
+        """kombu could not read a message's body: its ``compression`` header names a codec
+        the body is not in (kombu calls this instead of ``on_message``)."""
+        info = message.delivery_info or {}
+        queue = info.get("routing_key") or self._queues[0][0]
+        compression = (message.headers or {}).get("compression")
+        problem = f"the body does not decompress as {compression!r} ({type(exc).__name__}: {exc})"
+        self._invalid_envelope(queue, message.body, problem)
+        message.reject(requeue=False)
+
+    def _invalid_envelope(self, queue: str, raw: object, problem: str) -> None:
+        """Log and count an item kombu could not make a message of; it is already gone."""
+        self.invalid_envelopes += 1
+        self.last_activity = time.monotonic()
+        log.error(
+            "dropped an invalid envelope from queue %s: %s; raw: %r",
+            queue,
+            problem,
+            _cut(raw),
+            extra={"broker": self.spec.display, "queue": queue},
         )
 
     def _settle(self, tag: int, ack: bool, requeue: bool = False) -> None:
@@ -398,3 +476,14 @@ class ConsumerThread(threading.Thread):
         except Exception:
             log.debug("handing back messages at shutdown failed", exc_info=True)
         self._drop_connection()
+
+
+def _cut(raw: object) -> bytes:
+    """The first KiB of a raw item, as bytes, for a log line."""
+    if isinstance(raw, str):
+        data = raw.encode("utf-8", "backslashreplace")
+    elif isinstance(raw, (bytes, bytearray, memoryview)):
+        data = bytes(raw)
+    else:
+        data = repr(raw).encode("utf-8", "backslashreplace")
+    return data[:_LOG_RAW_BYTES]

@@ -31,6 +31,11 @@ A consumer of several queues polls them in the order it started consuming them a
 from the first that has messages, like the Redis transport with
 ``queue_order_strategy="priority"``: uno_jobs consumes its priority levels critical first.
 
+A row that is not a message envelope kombu can read (bad JSON, a ``properties`` that is not
+an object, a body that does not decode...) is deleted when it is claimed and reported to
+the channel's ``on_invalid_envelope(queue, raw, problem)``, which logs it unless the
+consumer sets its own; the rest of the claimed batch is delivered as usual.
+
 Exchanges and bindings live in memory per process, as with every kombu virtual transport:
 a process declares the queues it publishes to (uno_jobs always does). Publishing to an
 exchange this process never declared raises, as AMQP does, instead of dropping the message.
@@ -66,6 +71,8 @@ __all__ = [
     "LEASE_OWNER_KEY",
     "ROW_ID_KEY",
     "Channel",
+    "InvalidEnvelope",
+    "Message",
     "QoS",
     "Transport",
 ]
@@ -130,6 +137,7 @@ _Row = tuple[int, str, int]
 _VirtualQoS: Any = virtual.QoS
 _VirtualChannel: Any = virtual.Channel
 _VirtualTransport: Any = virtual.Transport
+_VirtualMessage: Any = virtual.Message
 # kombu's JSON keeps the payload as the Redis transport stores it (bytes, dates, UUIDs).
 _dumps: Callable[[Any], str] = kombu_json.dumps
 _kombu_json_loads: Callable[[str], Any] = kombu_json.loads
@@ -139,6 +147,52 @@ def _loads(text: str) -> Any:
     # kombu's object hook costs a third of a delivery; only payloads that carry one of its
     # tagged values ({"__type__": ...}) need it.
     return _kombu_json_loads(text) if '"__type__"' in text else json.loads(text)
+
+
+class InvalidEnvelope(Exception):
+    """kombu could not make a message of a row's envelope (``problem`` says why)."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+def _envelope_problem(payload: Any) -> str | None:
+    """What makes a decoded row not an envelope kombu can make a message of, or ``None``."""
+    if not isinstance(payload, dict):
+        return f"the envelope is a JSON {type(payload).__name__}, not an object"
+    properties = payload.get("properties")
+    if not isinstance(properties, dict):
+        return "the envelope has no 'properties' object"
+    if not isinstance(properties.get("delivery_info", {}), dict):
+        return "'properties.delivery_info' is not an object"
+    headers = payload.get("headers")
+    if headers is not None and not isinstance(headers, dict):
+        return f"'headers' is a {type(headers).__name__}, not an object"
+    body = payload.get("body")
+    if body is not None and not isinstance(body, str):
+        return f"'body' is a {type(body).__name__}, not a string"
+    return None
+
+
+def _log_invalid_envelope(queue: str, raw: object, problem: str) -> None:
+    log.error(
+        "embedded broker: deleted an invalid envelope from queue %r: %s; raw: %.1000r",
+        queue,
+        problem,
+        raw,
+    )
+
+
+class Message(_VirtualMessage):  # type: ignore[misc]
+    """kombu's virtual message, raising :class:`InvalidEnvelope` for a row it cannot read
+    (a body that is not in its ``body_encoding``, say), so that the row is dropped."""
+
+    def __init__(self, payload: Any, channel: Any = None, **kwargs: Any) -> None:
+        try:
+            super().__init__(payload, channel=channel, **kwargs)
+        except Exception as exc:
+            raise InvalidEnvelope(f"kombu cannot read it ({type(exc).__name__}: {exc})") from exc
 
 
 @dataclass(frozen=True)
@@ -354,6 +408,7 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
     """
 
     QoS = QoS
+    Message = Message
 
     def __init__(self, connection: Any, **kwargs: Any) -> None:
         options: _Options = connection.options
@@ -373,6 +428,8 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
         # visibility timeout a dead consumer's message becomes available.
         self._reclaim_every = min(_MAX_RECLAIM_INTERVAL, options.visibility_timeout / 4)
         self._next_reclaim: dict[str, float] = {}
+        #: Told about every row deleted as unreadable: ``(queue, raw row, problem)``.
+        self.on_invalid_envelope: Callable[[str, object, str], None] = _log_invalid_envelope
 
     @property
     def lease_owner(self) -> str:
@@ -478,18 +535,15 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
     def _decode(self, queue: str, row_id: int, text: str, deliveries: int, auto_ack: bool) -> Any:
         try:
             payload = _loads(text)
-            properties = payload["properties"]
-            info = properties.setdefault("delivery_info", {})
-        except (ValueError, TypeError, KeyError, AttributeError):
-            # It can never be delivered; keeping it would stall or loop the queue.
-            log.error(
-                "embedded broker: deleting undecodable message row %d of queue %r: %.1000r",
-                row_id,
-                queue,
-                text,
-            )
-            self.settle(row_id, self._owner, requeue=False)
+        except (ValueError, TypeError, RecursionError) as exc:
+            problem: str | None = f"not JSON ({type(exc).__name__}: {exc})"
+        else:
+            problem = _envelope_problem(payload)
+        if problem is not None:
+            self._drop_invalid(queue, row_id, text, problem)
             return None
+        properties = payload["properties"]
+        info = properties.setdefault("delivery_info", {})
         info[ROW_ID_KEY] = row_id
         info[LEASE_OWNER_KEY] = None if auto_ack else self._owner
         info[DELIVERY_COUNT_KEY] = deliveries
@@ -503,10 +557,20 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
         limit = self._options.fetch_limit if free is None else free
         return max(1, min(limit, _MAX_FETCH))
 
+    def _drop_invalid(self, queue: str, row_id: int, raw: object, problem: str) -> None:
+        """Delete a row that can never be delivered (keeping it would stall or loop the
+        queue), then report it."""
+        self.settle(row_id, self._owner, requeue=False)
+        self.on_invalid_envelope(queue, raw, f"row {row_id}: {problem}")
+
     def _hand_out(self, payloads: list[Any], queue: str, deliver: Callable[..., Any]) -> None:
         for index, payload in enumerate(payloads):
             try:
                 deliver(payload, queue)
+            except InvalidEnvelope as exc:
+                # Raised by Message() before the message was handed to anyone.
+                row_id = payload["properties"]["delivery_info"][ROW_ID_KEY]
+                self._drop_invalid(queue, row_id, _dumps(payload), exc.problem)
             except BaseException:
                 rest = [p["properties"]["delivery_info"][ROW_ID_KEY] for p in payloads[index + 1 :]]
                 for row_id in rest:
@@ -548,13 +612,19 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
         return result
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
-        payloads = self._claim(queue, 1, auto_ack=no_ack)
-        if not payloads:
-            return None
-        message = self.Message(payloads[0], channel=self)
-        if not no_ack:
-            self.qos.append(message, message.delivery_tag)
-        return message
+        while True:
+            payloads = self._claim(queue, 1, auto_ack=no_ack)
+            if not payloads:
+                return None
+            try:
+                message = self.Message(payloads[0], channel=self)
+            except InvalidEnvelope as exc:
+                row_id = payloads[0]["properties"]["delivery_info"][ROW_ID_KEY]
+                self._drop_invalid(queue, row_id, _dumps(payloads[0]), exc.problem)
+                continue
+            if not no_ack:
+                self.qos.append(message, message.delivery_tag)
+            return message
 
     def _get(self, queue: str, timeout: float | None = None) -> Any:
         payloads = self._claim(queue, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from ssl import CERT_NONE
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -98,25 +99,10 @@ class BrokerSpec:
                 transport_options={"polling_interval": interval or 0.01},
             )
         base = _without_query(self.url)
-        transport_options: dict[str, Any] = {}
         if self.kind == "redis":
-            transport_options = {
-                "visibility_timeout": self.visibility_timeout,
-                "socket_connect_timeout": self.connect_timeout,
-                "socket_timeout": max(self.confirm_timeout, 5.0),
-                # BRPOP over the level queues in the order given: critical first.
-                "queue_order_strategy": "priority",
-                "unacked_restore_throttle": 1,
-                # kombu drops a BRPOP connection whose reply is overdue by more than
-                # brpop_timeout + health_check_interval and reconnects: a dead socket
-                # is noticed in seconds instead of the default 26.
-                "health_check_interval": 4,
-                "unacked_restore_interval": float(self.options.get("restore_interval", 1.0)),
-                **_float_options(self.options, "polling_interval"),
-            }
-            if "key_prefix" in self.options:
-                transport_options["global_keyprefix"] = self.options["key_prefix"]
-        elif self.kind == "sqs":
+            return self._redis_connection(base)
+        transport_options: dict[str, Any] = {}
+        if self.kind == "sqs":
             transport_options = {
                 "visibility_timeout": self.visibility_timeout,
                 "is_secure": False,
@@ -126,6 +112,40 @@ class BrokerSpec:
                 transport_options["region"] = self.options["region"]
         return Connection(
             base,
+            connect_timeout=self.connect_timeout,
+            transport_options=transport_options,
+            heartbeat=0,
+        )
+
+    def _redis_connection(self, base: str) -> Connection:
+        """A connection on uno_jobs' Redis transport (``_redis.py``): kombu's keys and
+        message format, messages fetched in batches and recorded as unacked server-side."""
+        from uno_jobs.broker._redis import Transport as RedisTransport
+
+        transport_options: dict[str, Any] = {
+            "visibility_timeout": self.visibility_timeout,
+            "socket_connect_timeout": self.connect_timeout,
+            "socket_timeout": max(self.confirm_timeout, 5.0),
+            # The level queues in the order the consumer gives them, critical first (the
+            # fetch script always does this; kombu's own polling honours the option).
+            "queue_order_strategy": "priority",
+            "unacked_restore_throttle": 1,
+            # A poll connection whose reply is overdue by more than brpop_timeout (1 s) +
+            # health_check_interval is dropped and made again: a dead socket is noticed in
+            # seconds instead of kombu's default 26.
+            "health_check_interval": 4,
+            "unacked_restore_interval": float(self.options.get("restore_interval", 1.0)),
+            **_float_options(self.options, "polling_interval"),
+        }
+        if "key_prefix" in self.options:
+            transport_options["global_keyprefix"] = self.options["key_prefix"]
+        # Given a transport class, kombu no longer sees the rediss scheme: do what it does
+        # for rediss:// without ssl options (TLS, certificates not verified).
+        tls = {"ssl_cert_reqs": CERT_NONE} if urlsplit(base).scheme == "rediss" else False
+        return Connection(
+            base,
+            transport=RedisTransport,
+            ssl=tls,
             connect_timeout=self.connect_timeout,
             transport_options=transport_options,
             heartbeat=0,
