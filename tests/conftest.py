@@ -10,10 +10,15 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from uno_jobs import Queue
+from uno_jobs.worker import BaseWorker
 
 REDIS_HOST = os.environ.get("UNO_TEST_REDIS", "127.0.0.1:6379")
 AMQP_URL = os.environ.get("UNO_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
@@ -98,3 +103,31 @@ def broker_url(request: pytest.FixtureRequest, uno_home: Path) -> Iterator[str]:
         yield url
     finally:
         cleanup()
+
+
+def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
+    """Run a test's ``async def main()`` to completion."""
+    asyncio.run(coro_fn())  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def opened(
+    queue_name: str, broker_url: str, store_url: str | None = None, **options: Any
+) -> AsyncIterator[Queue]:
+    """A ``Queue`` whose broker queues are deleted afterwards."""
+    queue = Queue(queue_name, broker_url=broker_url, store_url=store_url, **options)
+    try:
+        yield queue
+    finally:
+        await queue.delete()
+        queue.close()
+
+
+@asynccontextmanager
+async def running(worker: BaseWorker, graceful: bool = False) -> AsyncIterator[BaseWorker]:
+    """A started worker, shut down afterwards (at once unless ``graceful``)."""
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.shutdown(wait=graceful)

@@ -24,6 +24,8 @@ from uno_jobs.errors import (
     JobTimeoutError,
     UnoJobsError,
 )
+from uno_jobs.logs import configure_logging
+from uno_jobs.tracing import configure_sdk
 
 __all__ = ["main"]
 
@@ -56,9 +58,17 @@ def _json_arg(kind: type) -> Any:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="uno-jobs", description="uno_jobs background jobs")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="text lines, or one JSON object per line (job lines carry job_id, task, "
+        "attempt, worker_id)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_worker_command(sub)
     _add_job_commands(sub)
+    _add_dead_commands(sub)
 
     from uno_jobs.plugins import get_plugins
 
@@ -124,6 +134,26 @@ def _add_worker_command(sub: argparse._SubParsersAction[Any]) -> None:
         metavar="NAME",
         help="the worker's retry policy (default: fixed)",
     )
+    w.add_argument(
+        "--metrics-exporter",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="metrics exporter by name, from a plugin (repeatable; see `uno-jobs plugins`)",
+    )
+    w.add_argument(
+        "--probe-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve /livez and /readyz on this port (default: off)",
+    )
+    w.add_argument(
+        "--probe-host",
+        default=None,
+        metavar="HOST",
+        help="address the probes bind to (default: 127.0.0.1)",
+    )
     w.set_defaults(func=_worker)
     from uno_jobs.plugins import get_plugins
 
@@ -174,10 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"uno-jobs: {exc}", file=sys.stderr)
         return 2
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(getattr(logging, str(args.log_level).upper(), logging.INFO), args.log_format)
     try:
         code = args.func(args)
         return int(code or 0)
@@ -260,6 +287,14 @@ def _worker(args: argparse.Namespace) -> int:
         options["middleware"] = list(args.middleware)
     if args.retry_policy is not None:
         options["retry_policy"] = args.retry_policy
+    if args.metrics_exporter:
+        options["metrics_exporters"] = list(args.metrics_exporter)
+    if args.probe_port is not None:
+        options["probe_port"] = args.probe_port
+    if args.probe_host is not None:
+        options["probe_host"] = args.probe_host
+    # Traces go to the OTLP endpoint of the OTEL_* variables, when one is set.
+    configure_sdk(service_name="uno-jobs-worker")
     worker = cls(**{k: v for k, v in options.items() if v is not None})
     worker.settings = vars(args)
     return asyncio.run(worker.run())
@@ -272,6 +307,7 @@ def _queue(args: argparse.Namespace) -> Any:
 
 
 def _enqueue(args: argparse.Namespace) -> int:
+    configure_sdk(service_name="uno-jobs")
     queue = _queue(args)
     try:
         handle = queue.enqueue_sync(
@@ -303,6 +339,156 @@ def _job(args: argparse.Namespace) -> int:
         queue.close()
     print(json.dumps(record.to_dict(), indent=2, default=str))
     return 0
+
+
+# -- dead letters ---------------------------------------------------------------------------
+
+
+def _add_dead_commands(sub: argparse._SubParsersAction[Any]) -> None:
+    dead = sub.add_parser(
+        "dead",
+        help="list, requeue or purge dead letters",
+        description="Dead letters: jobs that could not run, kept on the broker queue "
+        "Q.dead and indexed in the job store for the retention "
+        "($UNO_JOBS_RETENTION_SECONDS, default 7 days).",
+    )
+    actions = dead.add_subparsers(dest="dead_command", required=True)
+
+    ls = actions.add_parser("list", help="list dead letters, newest first (from the store)")
+    ls.add_argument("--queue", "-Q", default=None, help="one queue (default: every queue)")
+    ls.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    ls.add_argument("--json", action="store_true", help="print JSON")
+
+    rq = actions.add_parser(
+        "requeue",
+        help="put dead letters back on their queue (same id, attempts reset)",
+        description="Move dead letters from Q.dead back to the queue of their priority, "
+        "with the same id; the job's record is queued again with attempts 0. Exits 1 if "
+        "an id was not on Q.dead.",
+    )
+    which = rq.add_mutually_exclusive_group(required=True)
+    which.add_argument("job_ids", nargs="*", default=[], metavar="ID", help="job ids")
+    which.add_argument("--all", action="store_true", help="every dead letter of the queue")
+    rq.add_argument(
+        "--queue",
+        "-Q",
+        default=None,
+        help="the queue (default: each id's own queue; with --all: 'default')",
+    )
+
+    pg = actions.add_parser("purge", help="delete dead letters from Q.dead and the store")
+    pg.add_argument("--queue", "-Q", default="default")
+    pg.add_argument(
+        "--expired",
+        action="store_true",
+        help="only those older than the retention (index entries of every queue)",
+    )
+
+    for parser in (ls, rq, pg):
+        parser.add_argument("--broker", default=None)
+        parser.add_argument("--store", default=None)
+    ls.set_defaults(func=_dead_list)
+    rq.set_defaults(func=_dead_requeue)
+    pg.set_defaults(func=_dead_purge)
+
+
+def _dead_list(args: argparse.Namespace) -> int:
+    from uno_jobs.message import iso_from_timestamp
+
+    if args.limit < 0:
+        raise ConfigurationError(f"--limit must be >= 0, got {args.limit}")
+    queue = _named_queue(args, args.queue or "default")
+    try:
+        entries = queue.dead_letters_sync(args.limit, every_queue=args.queue is None)
+    finally:
+        queue.close()
+    rows = [
+        {
+            "id": entry.job_id,
+            "task": entry.task,
+            "queue": entry.queue,
+            "reason": entry.reason,
+            "error": entry.error,
+            "dead_at": iso_from_timestamp(entry.dead_at),
+        }
+        for entry in entries
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no dead letters", file=sys.stderr)
+        return 0
+    names = ("id", "task", "queue", "reason", "dead_at")
+    widths = {name: max(len(name), *(len(row[name]) for row in rows)) for name in names}
+    print("  ".join(name.upper().ljust(widths[name]) for name in names) + "  ERROR")
+    for row in rows:
+        error = " ".join(str(row["error"] or "").split())
+        cells = "  ".join(str(row[name]).ljust(widths[name]) for name in names)
+        print(f"{cells}  {error[:200]}")
+    return 0
+
+
+def _dead_requeue(args: argparse.Namespace) -> int:
+    if args.all:
+        queue = _named_queue(args, args.queue or "default")
+        try:
+            moved = queue.requeue_dead_sync()
+        finally:
+            queue.close()
+        for job_id in moved:
+            print(job_id)
+        print(f"requeued {len(moved)} job(s) on {queue.name}", file=sys.stderr)
+        return 0
+    by_queue = _ids_by_queue(args)
+    missing: list[tuple[str, str]] = []
+    for name, ids in by_queue.items():
+        queue = _named_queue(args, name)
+        try:
+            moved = set(queue.requeue_dead_sync(ids))
+        finally:
+            queue.close()
+        for job_id in ids:
+            if job_id in moved:
+                print(job_id)
+            else:
+                missing.append((job_id, name))
+    for job_id, name in missing:
+        print(f"uno-jobs: job {job_id!r} is not on {name}.dead", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def _ids_by_queue(args: argparse.Namespace) -> dict[str, list[str]]:
+    """The ids to requeue per queue: ``--queue``, else each job record's own queue."""
+    ids = list(dict.fromkeys(args.job_ids))
+    if args.queue is not None:
+        return {args.queue: ids}
+    lookup = _named_queue(args, "default")
+    try:
+        by_queue: dict[str, list[str]] = {}
+        for job_id in ids:
+            record = lookup.store.get(job_id)
+            by_queue.setdefault(record.queue if record else "default", []).append(job_id)
+        return by_queue
+    finally:
+        lookup.close()
+
+
+def _dead_purge(args: argparse.Namespace) -> int:
+    queue = _named_queue(args, args.queue)
+    try:
+        removed = queue.purge_dead_sync(expired=args.expired)
+    finally:
+        queue.close()
+    what = "expired dead letter(s)" if args.expired else "dead letter(s)"
+    print(f"purged {removed} {what} from {queue.name}.dead", file=sys.stderr)
+    return 0
+
+
+def _named_queue(args: argparse.Namespace, name: str) -> Any:
+    from uno_jobs.queue import Queue
+
+    return Queue(name, broker_url=args.broker, store_url=args.store)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,26 +6,33 @@ worker find the broker and the job store the same way (DESIGN.md §1):
 - broker: the ``broker_url`` option, else ``UNO_JOBS_BROKER_URL``, else the embedded
   broker under ``UNO_JOBS_HOME``;
 - store: the ``store_url`` option, else ``UNO_JOBS_STORE_URL``, else the same Redis when
-  the broker is Redis, else the embedded SQLite store under ``UNO_JOBS_HOME``.
+  the broker is Redis, else the embedded SQLite store under ``UNO_JOBS_HOME``;
+- retention of finished records, dead letters and cancellations: the option, else
+  ``UNO_JOBS_RETENTION_SECONDS``, else 7 days.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from uno_jobs.errors import ConfigurationError
+
 __all__ = [
     "ENV_BROKER_URL",
     "ENV_HOME",
+    "ENV_RETENTION_SECONDS",
     "ENV_STORE_URL",
     "PluginSettings",
     "embedded_broker_path",
     "plugin_settings",
     "redact_url",
     "resolve_broker_url",
+    "resolve_retention_seconds",
     "resolve_store_url",
     "uno_jobs_home",
 ]
@@ -33,12 +40,15 @@ __all__ = [
 ENV_HOME = "UNO_JOBS_HOME"
 ENV_BROKER_URL = "UNO_JOBS_BROKER_URL"
 ENV_STORE_URL = "UNO_JOBS_STORE_URL"
+ENV_RETENTION_SECONDS = "UNO_JOBS_RETENTION_SECONDS"
 ENV_ALLOWED_MODULES = "UNO_JOBS_ALLOWED_MODULES"
 ENV_DISABLE_PLUGIN_AUTOLOAD = "UNO_JOBS_DISABLE_PLUGIN_AUTOLOAD"
 ENV_PLUGINS = "UNO_JOBS_PLUGINS"
 ENV_BLOCK_PLUGINS = "UNO_JOBS_BLOCK_PLUGINS"
 
 EMBEDDED_SCHEME = "embedded"
+# The same default as uno_jobs.store.DEFAULT_RETENTION_SECONDS (the store imports this module).
+_DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
 
 # scheme://user:password@ with anything up to the last '@' as the password.
 _RAW_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^:/@]*:).*@")
@@ -74,6 +84,40 @@ def resolve_store_url(option: str | None, broker_url: str) -> str:
     if urlsplit(broker_url).scheme in ("redis", "rediss"):
         return _strip_query(broker_url)
     return f"sqlite://{uno_jobs_home() / 'jobs.sqlite3'}"
+
+
+def resolve_retention_seconds(option: float | None = None) -> float:
+    """How long stores keep finished records, dead letters and cancellations.
+
+    The option, else ``UNO_JOBS_RETENTION_SECONDS`` (seconds, e.g. ``86400`` for a day),
+    else 7 days.
+
+    Raises:
+        ConfigurationError: The value is not a positive number of seconds; the message
+            names where it came from.
+    """
+    if option is not None:
+        return _positive_seconds(option, "retention_seconds")
+    raw = os.environ.get(ENV_RETENTION_SECONDS, "").strip()
+    if not raw:
+        return _DEFAULT_RETENTION_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    return _positive_seconds(value, ENV_RETENTION_SECONDS, raw)
+
+
+def _positive_seconds(value: float, name: str, shown: object = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigurationError(
+            f"{name} must be a positive number of seconds, got {shown or value!r}"
+        )
+    if math.isinf(value):
+        raise ConfigurationError(
+            f"{name} must be a finite number of seconds, got {shown or value!r}"
+        )
+    return float(value)
 
 
 def resolve_allowed_modules(option: list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
@@ -112,6 +156,23 @@ def plugin_settings() -> PluginSettings:
         explicit=_names(os.environ.get(ENV_PLUGINS, "")),
         blocked=_names(os.environ.get(ENV_BLOCK_PLUGINS, "")),
     )
+
+
+def otlp_traces_configured() -> bool:
+    """Whether the standard ``OTEL_*`` variables ask for traces over OTLP.
+
+    True when ``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is
+    set, ``OTEL_SDK_DISABLED`` is not ``true`` and ``OTEL_TRACES_EXPORTER`` (default
+    ``otlp``) names ``otlp``. The exporter itself reads the rest (headers, timeouts).
+    """
+    env = os.environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    exporters = _names(env.get("OTEL_TRACES_EXPORTER", "otlp").lower())
+    if "otlp" not in exporters:
+        return False
+    endpoints = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    return any(env.get(name, "").strip() for name in endpoints)
 
 
 def _names(raw: str) -> tuple[str, ...]:

@@ -13,17 +13,25 @@
     │   ├── PayloadError            arguments not JSON-serialisable, or too large
     │   └── BrokerUnavailableError  the broker could not be reached or did not confirm
     ├── JobNotFoundError            no record of that job id
+    ├── JobStateError               the job's status does not allow it (cancel a finished job)
     ├── JobFailedError              raised by ``JobHandle.wait`` when the job failed
     ├── JobTimeoutError             ``JobHandle.wait`` gave up waiting
     ├── MessageError                a message that cannot be run (carries a dead reason)
     └── WorkerStateError            a lifecycle call in the wrong state
 
-Control-flow signals are not errors and live elsewhere: ``JobTimeLimitExceeded`` and
-``WorkerShutdown`` (``uno_jobs.worker``) derive from ``BaseException`` so task code cannot
-swallow them by accident.
+Control-flow signals are not errors. Two are raised by user code and live here, outside
+the tree above::
+
+    Retry                           from a task or a middleware hook: run the job again
+    SkipJob                         from a middleware's ``before_execution``: do not run it
+
+``JobTimeLimitExceeded`` and ``WorkerShutdown`` (``uno_jobs.worker``) derive from
+``BaseException`` so task code cannot swallow them by accident.
 """
 
 from __future__ import annotations
+
+import math
 
 __all__ = [
     "BrokerUnavailableError",
@@ -34,9 +42,12 @@ __all__ = [
     "ForbiddenTaskError",
     "JobFailedError",
     "JobNotFoundError",
+    "JobStateError",
     "JobTimeoutError",
     "MessageError",
     "PayloadError",
+    "Retry",
+    "SkipJob",
     "TaskError",
     "UnknownTaskError",
     "UnoJobsError",
@@ -114,6 +125,16 @@ class JobNotFoundError(UnoJobsError, LookupError):
         self.job_id = job_id
 
 
+class JobStateError(UnoJobsError):
+    """The job's status does not allow what was asked (cancelling a finished job, say)."""
+
+    def __init__(self, job_id: str, status: str, action: str) -> None:
+        super().__init__(f"cannot {action} job {job_id!r}: it is {status}")
+        self.job_id = job_id
+        self.status = status
+        self.action = action
+
+
 class JobFailedError(UnoJobsError):
     """The job ended ``failed`` or ``dead``; raised by ``JobHandle.wait``."""
 
@@ -155,3 +176,58 @@ class MessageError(UnoJobsError):
 
 class WorkerStateError(UnoJobsError, RuntimeError):
     """A lifecycle call that the worker's current state does not allow."""
+
+
+class Retry(Exception):
+    """Ask for another attempt of the job: ``raise Retry(delay=30)``.
+
+    Raised by a task, or by a middleware's ``before_execution`` or ``after_execution``.
+    The attempt counts as failed and the job runs again after ``delay`` seconds, which
+    overrides the retry policy (``None`` lets the policy choose). It is bounded by the
+    task's ``max_retries`` like any failure and ignores ``retry_on`` / ``dont_retry_on``:
+    with the default ``max_retries=0`` a ``Retry`` ends the job ``failed`` with the dead
+    reason ``max_retries_exceeded``.
+
+    Args:
+        delay: Seconds before the next attempt (>= 0), or ``None`` for the policy's delay.
+        reason: Why, recorded as the attempt's error message.
+
+    Raises:
+        ValueError: ``delay`` is not ``None`` or a finite number of seconds >= 0.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str | None = None) -> None:
+        if delay is not None:
+            if isinstance(delay, bool) or not isinstance(delay, (int, float)):
+                raise ValueError(f"Retry(delay={delay!r}): delay must be seconds or None")
+            if not math.isfinite(delay) or delay < 0:
+                raise ValueError(f"Retry(delay={delay!r}): delay must be finite and >= 0")
+            delay = float(delay)
+        when = "with the retry policy's delay" if delay is None else f"in {delay:g} s"
+        super().__init__(f"retry requested {when}" + (f": {reason}" if reason else ""))
+        self.delay = delay
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[Retry], tuple[float | None, str | None]]:
+        # Keeps the delay when a process-pool child sends the signal back pickled.
+        return (type(self), (self.delay, self.reason))
+
+
+class SkipJob(Exception):
+    """Raised by a middleware's ``before_execution``: the job is not run.
+
+    It ends ``dead`` with reason ``cancelled``; its dead-letter detail names the
+    middleware and ``reason``. Raised anywhere else it is an ordinary exception.
+
+    Attributes:
+        reason: Why the job is skipped.
+        middleware: The class name of the middleware that raised it (set by the worker).
+    """
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason or "skipped by middleware")
+        self.reason = reason
+        self.middleware: str | None = None
+
+    def __reduce__(self) -> tuple[type[SkipJob], tuple[str]]:
+        return (type(self), (self.reason,))

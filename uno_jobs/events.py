@@ -6,9 +6,12 @@ producer (``Queue``) in the thread that enqueues. Methods must be quick and must
 (update counters; do I/O elsewhere). An exception in a listener is logged (once per
 listener and method) and never changes a job's outcome.
 
-Outcomes reported by ``job_finished``: ``succeeded``, ``failed`` (for good), ``retried``
-(the attempt failed, another follows), ``worker_lost`` (its process died). Messages that
-never ran are reported by ``job_dead_lettered`` with their reason.
+Outcomes reported by ``job_finished`` (one for every ``job_started``): ``succeeded``,
+``failed`` (for good), ``retried`` (the attempt failed, another follows), ``worker_lost``
+(its process died), ``skipped`` (a middleware raised ``SkipJob``), ``abandoned`` (handed
+back to the broker by an immediate shutdown; its late result is dropped). Messages that
+went to the dead letters (without running, or skipped) are also reported by
+``job_dead_lettered`` with their reason.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ __all__ = ["OUTCOMES", "EventHub", "JobEvents"]
 
 log = logging.getLogger("uno_jobs.events")
 
-OUTCOMES = ("succeeded", "failed", "retried", "worker_lost")
+OUTCOMES = ("succeeded", "failed", "retried", "worker_lost", "skipped", "abandoned")
 
 
 class JobEvents:

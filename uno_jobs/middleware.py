@@ -4,6 +4,23 @@ Middleware form an onion: before-hooks run in the order given, after-hooks and
 ``on_error`` in reverse. Hooks receive the job as a read-only mapping with the keys
 ``id, task, args, kwargs, queue, priority, attempt, enqueued_at, headers, worker_id``.
 The base class's hooks are ``async def``; an override may be sync or async.
+
+What a raising hook does:
+
+- ``before_execution`` raises an exception: the task is not run and the attempt fails
+  like a task error, with a :class:`MiddlewareError` naming the middleware (retried if
+  the task's retry settings say so). The later middleware's ``before_execution`` hooks
+  do not run; every middleware's ``on_error`` does.
+- ``before_execution`` raises :class:`SkipJob`: the task is not run; the job ends
+  ``dead`` with reason ``cancelled`` and a detail naming the middleware and the reason.
+  ``on_error`` is not called.
+- ``before_execution`` or ``after_execution`` raises :class:`Retry`: the attempt counts as
+  failed and the job is retried after ``Retry.delay`` (bounded by ``max_retries``, as
+  when the task raises it). After ``after_execution`` the task's result is dropped.
+- ``after_execution`` or ``on_error`` raises anything else: it is logged and the job's
+  outcome is unchanged (the remaining hooks still run).
+- ``before_enqueue`` raises: nothing is enqueued and the exception reaches the caller;
+  ``after_enqueue`` raising is logged.
 """
 
 from __future__ import annotations
@@ -14,6 +31,8 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from uno_jobs.errors import Retry, SkipJob
+
 if TYPE_CHECKING:
     from uno_jobs.message import Message
 
@@ -23,6 +42,8 @@ __all__ = [
     "Middleware",
     "MiddlewareChain",
     "MiddlewareError",
+    "Retry",
+    "SkipJob",
     "job_fields",
     "job_view",
 ]
@@ -39,6 +60,9 @@ class Middleware:
     unchanged). ``on_error``'s return value is ignored. An exception raised by
     ``before_execution`` fails the job like a task error; one raised by
     ``after_execution`` or ``on_error`` is logged and does not change the outcome.
+    ``before_execution`` may raise :class:`SkipJob` to not run the job, and
+    ``before_execution`` or ``after_execution`` may raise :class:`Retry` to run it
+    again (see the module docstring).
     """
 
     async def before_enqueue(self, job: JobView) -> None:
@@ -165,17 +189,35 @@ class MiddlewareChain:
                 log.exception("middleware %s.after_enqueue raised", type(mw).__name__)
 
     async def before_execution(self, job: JobView, func: Callable[..., Any]) -> None:
-        """Raises ``MiddlewareError`` naming the middleware whose hook raised."""
+        """Run every ``before_execution`` in order; the first that raises stops the rest.
+
+        Raises:
+            SkipJob: A hook skipped the job; its ``middleware`` names the hook's class.
+            Retry: A hook asked for another attempt.
+            MiddlewareError: A hook raised anything else; it names the middleware.
+        """
         for mw in self.middleware:
             try:
                 await _call(mw.before_execution, job, func)
+            except SkipJob as skip:
+                skip.middleware = type(mw).__name__
+                raise
+            except Retry:
+                raise
             except Exception as exc:
                 raise MiddlewareError(mw, exc) from exc
 
     async def after_execution(self, job: JobView, func: Callable[..., Any], result: Any) -> Any:
+        """Run every ``after_execution`` in reverse; returns the result to record.
+
+        Raises:
+            Retry: A hook asked for another attempt (the remaining hooks do not run).
+        """
         for mw in self.reversed:
             try:
                 result = await _call(mw.after_execution, job, func, result)
+            except Retry:
+                raise
             except Exception:
                 log.exception(
                     "middleware %s.after_execution raised; outcome unchanged",

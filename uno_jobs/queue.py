@@ -1,9 +1,15 @@
-"""``Queue``: enqueue jobs (async and sync, one or many), look them up, size and purge.
+"""``Queue``: enqueue jobs (async and sync, one or many), look them up, size and purge;
+cancel jobs; list, requeue and purge dead letters.
 
 Enqueue order: validate and encode (nothing is sent if the arguments are bad) → create
 the job record (a duplicate id is refused) → publish, confirmed on RabbitMQ (or, with a
 delay, write it to the store's schedule) → return the handle. If the publish fails the
 record is removed again and the error is raised: a returned job id is a job that exists.
+
+Cancellation adds the job id to the store's cancelled ids before it returns; every worker
+checks them (see ``uno_jobs.worker._cancels``) before it starts a delivery, so a job
+cancelled before its delivery never runs. Dead letters are handled by
+``uno_jobs.dead_letters``.
 """
 
 from __future__ import annotations
@@ -21,22 +27,37 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from uno_jobs.broker import Broker, Outgoing, dead_queue_name, level_queue_name, level_queues
 from uno_jobs.config import redact_url, resolve_broker_url, resolve_store_url
+from uno_jobs.dead_letters import DeadLetters
 from uno_jobs.errors import (
     ConfigurationError,
     DuplicateJobError,
     JobFailedError,
     JobNotFoundError,
+    JobStateError,
     JobTimeoutError,
     PayloadError,
 )
+from uno_jobs.events import EventHub, JobEvents
 from uno_jobs.message import DEFAULT_MAX_MESSAGE_BYTES, Message, encode, new_message, parse_priority
 from uno_jobs.middleware import Middleware, MiddlewareChain, job_fields, job_view
+from uno_jobs.plugins import get_plugins
 from uno_jobs.schedule import scheduled_entry
 from uno_jobs.store import DeadLetter, JobRecord, JobStatus, JobStore, open_store
 from uno_jobs.store._base import first_repeated
 from uno_jobs.tasks import Task, get_default_registry
+from uno_jobs.tracing import fail_span, messaging_system, producer_span, tracing_enabled
 
 __all__ = ["JobHandle", "JobSpec", "Queue"]
+
+
+def _start_exporter(item: Any, queue: Queue) -> Any:
+    """A metrics exporter for a producer: a plugin's by name (``factory(queue)``) or as is."""
+    if isinstance(item, str):
+        item = get_plugins().lookup("metrics exporters", item)(queue)
+    start = getattr(item, "start", None)
+    if callable(start):
+        start()
+    return item
 
 
 class _QueueOptions(BaseModel):
@@ -47,6 +68,7 @@ class _QueueOptions(BaseModel):
     store_url: str | None = None
     max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
     middleware: list[Middleware] = Field(default_factory=list)
+    metrics_exporters: list[Any] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -120,6 +142,11 @@ class Queue:
             broker's Redis, else the embedded SQLite store.
         max_message_bytes: Largest encoded message accepted by ``enqueue``.
         middleware: Middleware whose ``before_enqueue``/``after_enqueue`` hooks run here.
+        metrics_exporters: Exporters (plugin names, or ``uno_jobs.events.JobEvents``
+            objects) told of every job this queue enqueues (``job_enqueued``).
+
+    With the OpenTelemetry SDK installed, each enqueued job gets a PRODUCER span
+    ``send {name}`` whose context travels in the message (``traceparent``).
     """
 
     def __init__(
@@ -130,6 +157,7 @@ class Queue:
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         middleware: Sequence[Middleware] = (),
+        metrics_exporters: Sequence[Any] = (),
     ) -> None:
         try:
             opts = _QueueOptions(
@@ -138,6 +166,7 @@ class Queue:
                 store_url=store_url,
                 max_message_bytes=max_message_bytes,
                 middleware=list(middleware),
+                metrics_exporters=list(metrics_exporters),
             )
         except ValidationError as exc:
             err = exc.errors()[0]
@@ -151,6 +180,12 @@ class Queue:
         self._broker = Broker(self.broker_url)
         self._store: JobStore | None = None
         self._lock = threading.Lock()
+        # Producer spans between _prepare and _send, by job id (Span objects).
+        self._spans: dict[str, Any] = {}
+        self._dead_letters = DeadLetters(self.name, self._broker, lambda: self.store)
+        self._system = messaging_system(self._broker.spec.kind)
+        self._exporters = [_start_exporter(item, self) for item in opts.metrics_exporters]
+        self._events = EventHub([e for e in self._exporters if isinstance(e, JobEvents)])
 
     def __repr__(self) -> str:
         return (
@@ -215,10 +250,14 @@ class Queue:
 
     async def enqueue_many(self, jobs: Iterable[JobSpec]) -> list[JobHandle]:
         """Enqueue many jobs in one batch (one store write, confirms awaited together)."""
-        prepared = [self._prepare(spec) for spec in jobs]
+        prepared = self._prepare_all(jobs)
         if self._middleware:
-            for message, _, _ in prepared:
-                await self._middleware.before_enqueue(self._view(message))
+            try:
+                for message, _, _ in prepared:
+                    await self._middleware.before_enqueue(self._view(message))
+            except BaseException as exc:
+                self._end_spans([m.id for m, _, _ in prepared], exc)
+                raise
         handles = await asyncio.to_thread(self._send, prepared)
         if self._middleware:
             for message, _, _ in prepared:
@@ -227,7 +266,17 @@ class Queue:
 
     def enqueue_many_sync(self, jobs: Iterable[JobSpec]) -> list[JobHandle]:
         """``enqueue_many`` for sync code. Middleware hooks are not run here."""
-        return self._send([self._prepare(spec) for spec in jobs])
+        return self._send(self._prepare_all(jobs))
+
+    def _prepare_all(self, jobs: Iterable[JobSpec]) -> list[tuple[Message, Any, float | None]]:
+        prepared: list[tuple[Message, Any, float | None]] = []
+        try:
+            for spec in jobs:
+                prepared.append(self._prepare(spec))
+        except BaseException as exc:
+            self._end_spans([m.id for m, _, _ in prepared], exc)
+            raise
+        return prepared
 
     def _prepare(self, spec: JobSpec) -> tuple[Message, Any, float | None]:
         if isinstance(spec.task, Task):
@@ -258,11 +307,44 @@ class Queue:
             message.expires = _expires_iso(spec.expires)
         if delay:
             message.eta = _iso(time.time() + delay)
-        encoded = encode(message, max_bytes=self.max_message_bytes)
+        if tracing_enabled():
+            # Its context goes into the headers, so it is started before encoding; the
+            # span ends in _send once the broker has the message (or the send failed).
+            span = producer_span(self._system, self.name, message.id, name, message.extra_headers)
+            self._spans[message.id] = span
+        try:
+            encoded = encode(message, max_bytes=self.max_message_bytes)
+        except BaseException as exc:
+            self._end_spans([message.id], exc)
+            raise
         return message, encoded, delay
 
     def _send(self, prepared: list[tuple[Message, Any, float | None]]) -> list[JobHandle]:
         ids = [m.id for m, _, _ in prepared]
+        try:
+            handles = self._send_and_record(prepared, ids)
+        except BaseException as exc:
+            self._end_spans(ids, exc)
+            raise
+        self._end_spans(ids, None)
+        if self._events:
+            for m, _, _ in prepared:
+                self._events.job_enqueued(self.name, m.task, m.priority)
+        return handles
+
+    def _end_spans(self, ids: list[str], exc: BaseException | None) -> None:
+        if not self._spans:
+            return
+        for job_id in ids:
+            span = self._spans.pop(job_id, None)
+            if span is not None:
+                if exc is not None:
+                    fail_span(span, exc)
+                span.end()
+
+    def _send_and_record(
+        self, prepared: list[tuple[Message, Any, float | None]], ids: list[str]
+    ) -> list[JobHandle]:
         repeated = first_repeated(ids)
         if repeated is not None:
             raise DuplicateJobError(repeated)
@@ -350,11 +432,117 @@ class Queue:
         names = [name for name, _ in level_queues(self.name)] + [dead_queue_name(self.name)]
         await asyncio.to_thread(self._broker.delete_queues, names)
 
-    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """This queue's dead letters, newest first."""
-        return await asyncio.to_thread(self.store.dead_letters, self.name, limit)
+    # -- cancellation -------------------------------------------------------------------
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        """Cancel a job that has not started: it will not run, on any worker.
+
+        A running job is not interrupted: its current attempt finishes and records its
+        outcome, but it is not retried. The returned status says which case it was:
+
+        - ``dead``: the job was waiting in the schedule (a delay or a retry delay); it
+          was taken out and is ``dead`` with reason ``cancelled`` now, its message on
+          ``q.dead``.
+        - ``queued`` or ``retrying``: its message is on the broker; the worker that
+          receives it dead-letters it (reason ``cancelled``) instead of running it.
+        - ``scheduled``: a worker is publishing it right now; as for ``queued``.
+        - ``running``: not interrupted; no further attempt will start.
+        - a finished status: it finished between the check and the cancellation.
+
+        Cancellations are kept for the store's retention (7 days by default).
+
+        Raises:
+            JobNotFoundError: no record of this id.
+            JobStateError: the job had finished already (its status is in the error).
+        """
+        return await asyncio.to_thread(self.cancel_sync, job_id)
+
+    def cancel_sync(self, job_id: str) -> JobStatus:
+        """``cancel`` for sync code; same result and errors."""
+        store = self.store
+        record = store.get(job_id)
+        if record is None:
+            raise JobNotFoundError(job_id)
+        if record.finished:
+            raise JobStateError(job_id, record.status.value, "cancel")
+        now = time.time()
+        # Into the cancelled ids first: from here on no worker starts the job.
+        store.cancel(job_id, now)
+        entry = store.unschedule(job_id, now)
+        if entry is not None:
+            self._dead_letters.cancelled_from_schedule(entry, record, now)
+            return JobStatus.DEAD
+        current = store.get(job_id)
+        return record.status if current is None else current.status
+
+    # -- dead letters ---------------------------------------------------------------------
+
+    async def dead_letters(
+        self, limit: int = 100, *, every_queue: bool = False
+    ) -> list[DeadLetter]:
+        """This queue's dead letters (or every queue's), newest first.
+
+        Entries older than the store's retention are left out (``purge_dead(expired=True)``
+        deletes them).
+        """
+        return await asyncio.to_thread(self.dead_letters_sync, limit, every_queue=every_queue)
+
+    def dead_letters_sync(self, limit: int = 100, *, every_queue: bool = False) -> list[DeadLetter]:
+        """``dead_letters`` for sync code."""
+        store = self.store
+        entries = store.dead_letters(None if every_queue else self.name, limit)
+        cutoff = time.time() - store.retention_seconds
+        return [entry for entry in entries if entry.dead_at > cutoff]
+
+    async def requeue_dead(self, job_ids: Iterable[str] | None = None) -> list[str]:
+        """Put dead letters back on the queue, with their ids, as new jobs.
+
+        Each goes to the level queue of its priority with its attempt count, retries and
+        worker-lost count reset, its delay and a past expiry dropped; its record is
+        ``queued`` with ``attempts=0`` again, and its dead-letter entry and any
+        cancellation are removed. One pass over ``q.dead`` moves the matching messages and
+        publishes the others back in their order (see ``Broker.sweep``).
+
+        Args:
+            job_ids: The jobs to requeue; ``None`` requeues every dead letter of the queue.
+
+        Returns:
+            The ids requeued, in ``q.dead`` order. An id that is missing was not on
+            ``q.dead``.
+
+        Raises:
+            BrokerUnavailableError: the broker failed; what was not moved stays on
+                ``q.dead`` (a message may be left on both, never on neither).
+        """
+        ids = None if job_ids is None else list(job_ids)
+        return await asyncio.to_thread(self.requeue_dead_sync, ids)
+
+    def requeue_dead_sync(self, job_ids: Iterable[str] | None = None) -> list[str]:
+        """``requeue_dead`` for sync code; same arguments, result and errors."""
+        return self._dead_letters.requeue(None if job_ids is None else set(job_ids))
+
+    async def purge_dead(self, *, expired: bool = False) -> int:
+        """Delete this queue's dead letters: the ``q.dead`` messages and their index entries.
+
+        Args:
+            expired: Delete only those older than the store's retention (the index
+                entries of every queue, the messages of this queue's ``q.dead``).
+
+        Returns:
+            How many messages were removed from ``q.dead``.
+        """
+        return await asyncio.to_thread(self.purge_dead_sync, expired=expired)
+
+    def purge_dead_sync(self, *, expired: bool = False) -> int:
+        """``purge_dead`` for sync code."""
+        return self._dead_letters.purge(expired=expired)
 
     def close(self) -> None:
+        for exporter in self._exporters:
+            stop = getattr(exporter, "stop", None)
+            if callable(stop):
+                stop()
+        self._exporters = []
         self._broker.close()
         with self._lock:
             store, self._store = self._store, None

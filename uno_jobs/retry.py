@@ -5,8 +5,17 @@ a broker and costs nothing but a call per failure. The built-ins are registered 
 the plugin hooks like any third-party policy (``uno_jobs_retry_policies``); a task picks
 one with ``@task(retry_policy="exponential")`` or a worker with ``retry_policy=``.
 
-Whether to retry at all is decided first by the task's ``max_retries`` (default 0: no
-retries): a policy only chooses the delay, and may give up early by returning ``None``.
+A failed attempt is retried when, in this order (``RetryDecider`` in the worker):
+
+1. the task's ``max_retries`` (default 0: no retries) leaves another attempt;
+2. it raised ``Retry(delay=...)``: its delay is used (``None``: the policy's), and
+   ``retry_on`` / ``dont_retry_on`` are not consulted;
+3. otherwise :func:`is_retryable` holds for the exception: not an instance of the task's
+   ``dont_retry_on``, and an instance of ``retry_on`` unless that is ``None`` (every
+   failure, time limits included);
+4. the policy's ``next_delay`` returns a delay; it may give up early by returning ``None``.
+
+A job whose attempt is not retried ends ``failed`` with a dead-letter entry.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ __all__ = [
     "RetryContext",
     "RetryPolicy",
     "RetryPolicyFactory",
+    "is_retryable",
 ]
 
 #: Seconds between attempts when neither the task nor the policy says otherwise.
@@ -90,3 +100,18 @@ class ExponentialBackoff:
             draw = (self.rng or random).random()
             delay = delay * (1.0 - self.jitter * draw)
         return delay
+
+
+def is_retryable(
+    exc: BaseException,
+    retry_on: tuple[type[BaseException], ...] | None,
+    dont_retry_on: tuple[type[BaseException], ...],
+) -> bool:
+    """Whether a task's ``retry_on`` / ``dont_retry_on`` allow retrying ``exc``.
+
+    ``dont_retry_on`` wins; ``retry_on=None`` allows every exception. Matching is by
+    ``isinstance``, so a class also matches its subclasses.
+    """
+    if dont_retry_on and isinstance(exc, dont_retry_on):
+        return False
+    return retry_on is None or isinstance(exc, retry_on)

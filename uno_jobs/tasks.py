@@ -1,8 +1,9 @@
 """Tasks: the ``@task`` decorator, the registry of tasks, and safe resolution of task names.
 
-A *task* is a function plus its options (retries, delay, time limit, default queue,
-priority). ``@task`` wraps the function in a :class:`Task` and records it in a
-:class:`TaskRegistry`; it connects to nothing and reads no environment (STYLE.md §4).
+A *task* is a function plus its options (retries, delay, which exceptions are retried,
+time limit, default queue, priority). ``@task`` wraps the function in a :class:`Task` and
+records it in a :class:`TaskRegistry`; it connects to nothing and reads no environment
+(STYLE.md §4).
 
 A worker turns the task name carried by a message into a :class:`Task` with a
 :class:`TaskResolver`. A registered name is a dictionary lookup. A dotted module path
@@ -47,6 +48,9 @@ __all__ = [
 P = ParamSpec("P")
 R = TypeVar("R")
 
+#: What ``retry_on`` / ``dont_retry_on`` hold once validated.
+ExceptionTypes = tuple[type[BaseException], ...]
+
 """The priority levels, highest first."""
 
 MAX_TASK_NAME_LENGTH = 256
@@ -71,6 +75,10 @@ class Task(Generic[P, R]):
         priority: One of :data:`PRIORITY_LEVELS`.
         retry_policy: A retry policy name (``"fixed"``, ``"exponential"`` or a plugin's)
             or object with ``next_delay``; ``None``: the worker's policy.
+        retry_on: Only failures that are instances of these are retried; ``None``: every
+            failure (any ``Exception``, and time limits).
+        dont_retry_on: Failures that are instances of these are never retried; this wins
+            over ``retry_on``.
         is_async: True when ``func`` is a coroutine function.
     """
 
@@ -82,6 +90,8 @@ class Task(Generic[P, R]):
     queue: str | None
     priority: str
     retry_policy: Any
+    retry_on: ExceptionTypes | None
+    dont_retry_on: ExceptionTypes
     is_async: bool
     __wrapped__: Callable[P, R]
     __name__: str
@@ -98,6 +108,8 @@ class Task(Generic[P, R]):
         queue: str | None = None,
         priority: str = "normal",
         retry_policy: Any = None,
+        retry_on: type[BaseException] | Iterable[type[BaseException]] | None = None,
+        dont_retry_on: type[BaseException] | Iterable[type[BaseException]] = (),
     ) -> None:
         """Wrap ``func``; validate the options.
 
@@ -118,6 +130,7 @@ class Task(Generic[P, R]):
         self.queue = _check_queue(queue, self.name)
         self.priority = _check_priority(priority, self.name)
         self.retry_policy = _check_retry_policy(retry_policy, self.name)
+        self.retry_on, self.dont_retry_on = _check_retry_filters(retry_on, dont_retry_on, self.name)
         self.is_async = inspect.iscoroutinefunction(func)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -209,6 +222,43 @@ def _check_retry_policy(value: Any, task_name: str) -> Any:
     raise _option_error(
         "retry_policy", value, task_name, "a policy name or an object with next_delay()"
     )
+
+
+def _exception_types(option: str, value: object, task_name: str) -> ExceptionTypes:
+    rule = "an exception class or a tuple of exception classes"
+    if isinstance(value, type):
+        value = (value,)
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise _option_error(option, value, task_name, rule)
+    classes = tuple(value)
+    for cls in classes:
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            raise ConfigurationError(
+                f"invalid option {option} for task {task_name!r}: {cls!r} is not an "
+                f"exception class (must be {rule})"
+            )
+    return tuple(dict.fromkeys(classes))
+
+
+def _check_retry_filters(
+    retry_on: object, dont_retry_on: object, task_name: str
+) -> tuple[ExceptionTypes | None, ExceptionTypes]:
+    dont = _exception_types("dont_retry_on", dont_retry_on, task_name)
+    if retry_on is None:
+        return None, dont
+    only = _exception_types("retry_on", retry_on, task_name)
+    if not only:
+        raise ConfigurationError(
+            f"invalid option retry_on=() for task {task_name!r}: an empty tuple retries "
+            "nothing; use max_retries=0 for that, or retry_on=None to retry every failure"
+        )
+    both = [cls.__name__ for cls in only if cls in dont]
+    if both:
+        raise ConfigurationError(
+            f"invalid options for task {task_name!r}: {', '.join(both)} is in both "
+            "retry_on and dont_retry_on"
+        )
+    return only, dont
 
 
 def _same_definition(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
@@ -314,6 +364,8 @@ def task(
     queue: str | None = None,
     priority: str = "normal",
     retry_policy: Any = None,
+    retry_on: type[BaseException] | Iterable[type[BaseException]] | None = None,
+    dont_retry_on: type[BaseException] | Iterable[type[BaseException]] = (),
     registry: TaskRegistry | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
@@ -329,6 +381,8 @@ def task(
     queue: str | None = None,
     priority: str = "normal",
     retry_policy: Any = None,
+    retry_on: type[BaseException] | Iterable[type[BaseException]] | None = None,
+    dont_retry_on: type[BaseException] | Iterable[type[BaseException]] = (),
     registry: TaskRegistry | None = None,
 ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
     """Make a function a task: ``@task`` or ``@task(name=..., max_retries=..., ...)``.
@@ -344,6 +398,10 @@ def task(
         queue: The queue used when the task is enqueued without naming one.
         priority: One of ``"critical"``, ``"high"``, ``"normal"``, ``"low"``.
         retry_policy: A retry policy name or object; None: the worker's policy.
+        retry_on: Exception classes whose instances are retried (isinstance); None (the
+            default) retries every failure, time limits included.
+        dont_retry_on: Exception classes whose instances are never retried; wins over
+            ``retry_on``. ``raise Retry(...)`` is retried regardless of both.
         registry: Where to record the task; default :data:`default_registry`.
 
     Returns:
@@ -367,6 +425,8 @@ def task(
             queue=queue,
             priority=priority,
             retry_policy=retry_policy,
+            retry_on=retry_on,
+            dont_retry_on=dont_retry_on,
         )
         target.register(created)
         return created

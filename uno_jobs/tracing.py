@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+
+from uno_jobs.config import otlp_traces_configured
 
 __all__ = [
     "EMBEDDED_SYSTEM",
@@ -34,6 +35,9 @@ __all__ = [
     "inject_context",
     "messaging_system",
     "producer_span",
+    "sdk_configured",
+    "shutdown_sdk",
+    "tracing_enabled",
     "use_context",
 ]
 
@@ -55,6 +59,19 @@ _TRACER_NAME = "uno_jobs"
 def messaging_system(broker_kind: str) -> str:
     """The ``messaging.system`` attribute for a broker kind (``amqp``, ``redis``, ...)."""
     return _SYSTEMS.get(broker_kind, broker_kind)
+
+
+_sdk_configured = False
+
+
+def sdk_configured() -> bool:
+    """Whether :func:`configure_sdk` installed the SDK in this process."""
+    return _sdk_configured
+
+
+def tracing_enabled() -> bool:
+    """Whether an SDK tracer provider is installed (else spans are skipped altogether)."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
 def _tracer() -> trace.Tracer:
@@ -159,21 +176,17 @@ def current_carrier() -> dict[str, str]:
 
 
 def configure_sdk(service_name: str | None = None) -> bool:
-    """Install the OpenTelemetry SDK with an OTLP exporter, from the ``OTEL_*`` variables.
+    """Install the OpenTelemetry SDK with an OTLP/HTTP exporter, from the ``OTEL_*`` variables.
 
-    Does nothing (returns ``False``) unless an OTLP endpoint is configured
-    (``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) and
-    ``OTEL_SDK_DISABLED`` is not true, or when the SDK or the OTLP/HTTP exporter is not
-    installed (``pip install 'uno-jobs[otel]'``; a warning says so). The exporter reads
-    its endpoint, headers and timeouts from the standard variables itself; sampling follows
-    ``OTEL_TRACES_SAMPLER``/``OTEL_TRACES_SAMPLER_ARG``.
+    Does nothing (returns ``False``) unless the variables ask for OTLP traces (see
+    ``uno_jobs.config.otlp_traces_configured``: an endpoint is set, the SDK is not
+    disabled), or when the SDK or the exporter is not installed (``pip install
+    'uno-jobs[otel]'``; a warning says so). The exporter reads its endpoint, headers and
+    timeouts from the standard variables itself; sampling follows ``OTEL_TRACES_SAMPLER``
+    and ``OTEL_TRACES_SAMPLER_ARG``; ``OTEL_SERVICE_NAME`` wins over ``service_name``.
     """
-    env = os.environ
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return False
-    if not (
-        env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-    ):
+    global _sdk_configured
+    if not otlp_traces_configured():
         return False
     try:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -187,10 +200,31 @@ def configure_sdk(service_name: str | None = None) -> bool:
             exc,
         )
         return False
-    attributes = {}
-    if service_name and not env.get("OTEL_SERVICE_NAME"):
-        attributes[SERVICE_NAME] = service_name
-    provider = TracerProvider(resource=Resource.create(attributes))
+    resource = Resource.create()  # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES
+    named = str(resource.attributes.get(SERVICE_NAME, ""))
+    if service_name and named.startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: service_name}))
+    provider = TracerProvider(resource=resource)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
+    _sdk_configured = True
     return True
+
+
+def shutdown_sdk() -> None:
+    """Export what is buffered and stop the SDK installed by :func:`configure_sdk`.
+
+    For processes that end without running ``atexit`` handlers (process-pool children
+    exit through ``os._exit``); a no-op when :func:`configure_sdk` installed nothing.
+    """
+    global _sdk_configured
+    if not _sdk_configured:
+        return
+    _sdk_configured = False
+    provider: Any = trace.get_tracer_provider()
+    shutdown = getattr(provider, "shutdown", None)
+    if callable(shutdown):
+        try:
+            shutdown()
+        except Exception:
+            log.exception("the OpenTelemetry SDK failed to shut down")

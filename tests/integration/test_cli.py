@@ -341,6 +341,89 @@ def test_unreachable_broker_exits_4_without_printing_the_password(
     assert secret not in result.stdout + result.stderr
 
 
+# -- dead letters ---------------------------------------------------------------------------
+
+
+def dead_cli(env: dict[str, str], broker_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return cli(env, "dead", *args, "--broker", broker_url)
+
+
+async def cancelled_jobs(queue: Queue, count: int) -> list[str]:
+    """Delayed jobs cancelled at once: dead letters (``cancelled``) without a worker."""
+    ids = []
+    for i in range(count):
+        job = await queue.enqueue("contract.add", [i, 10], delay=60)
+        assert await queue.cancel(job.id) == JobStatus.DEAD
+        ids.append(job.id)
+    return ids
+
+
+def test_dead_list_requeue_and_purge(env: dict[str, str], broker_url: str, queue_name: str) -> None:
+    async def main() -> None:
+        async with opened(queue_name, broker_url) as queue:
+            ids = await cancelled_jobs(queue, 3)
+
+            listed = dead_cli(env, broker_url, "list", "--json")
+            assert listed.returncode == 0, listed.stderr
+            rows = json.loads(listed.stdout)
+            assert [row["id"] for row in rows] == ids[::-1], "newest first"
+            assert {(row["task"], row["queue"], row["reason"]) for row in rows} == {
+                ("contract.add", queue_name, "cancelled")
+            }
+            assert all(row["error"] and row["dead_at"].endswith("+00:00") for row in rows)
+            table = dead_cli(env, broker_url, "list", "--queue", queue_name)
+            assert table.returncode == 0, table.stderr
+            header, *lines = table.stdout.splitlines()
+            assert header.split() == ["ID", "TASK", "QUEUE", "REASON", "DEAD_AT", "ERROR"]
+            assert [line.split()[0] for line in lines] == ids[::-1]
+
+            one = dead_cli(env, broker_url, "requeue", ids[0])
+            assert (one.returncode, one.stdout.split()) == (0, [ids[0]]), one.stderr
+            missing = dead_cli(env, broker_url, "requeue", "nope", "--queue", queue_name)
+            assert missing.returncode == 1
+            assert f"'nope' is not on {queue_name}.dead" in missing.stderr
+            left = json.loads(dead_cli(env, broker_url, "list", "--json").stdout)
+            assert [row["id"] for row in left] == [ids[2], ids[1]]
+            rest = dead_cli(env, broker_url, "requeue", "--all", "--queue", queue_name)
+            assert (rest.returncode, rest.stdout.split()) == (0, ids[1:]), rest.stderr
+
+            worker = AsyncWorker(queue_name=queue_name, broker_url=broker_url)
+            await worker.start()
+            try:
+                results = [await queue.job(job_id).wait(timeout=15) for job_id in ids]
+            finally:
+                await worker.shutdown()
+            assert results == [10, 11, 12]
+            for job_id in ids:
+                record = await queue.get_job(job_id)
+                assert (record.status, record.attempts) == (JobStatus.SUCCEEDED, 1)
+
+            await cancelled_jobs(queue, 2)
+            purged = dead_cli(env, broker_url, "purge", "--queue", queue_name)
+            assert purged.returncode == 0, purged.stderr
+            assert f"purged 2 dead letter(s) from {queue_name}.dead" in purged.stderr
+            assert json.loads(dead_cli(env, broker_url, "list", "--json").stdout) == []
+            assert (await queue.sizes())[f"{queue_name}.dead"] == 0
+
+    asyncio.run(main())
+
+
+def test_dead_requeue_needs_ids_or_all_but_not_both(env: dict[str, str]) -> None:
+    neither = cli(env, "dead", "requeue")
+    assert neither.returncode == 2
+    assert "one of the arguments ID --all is required" in neither.stderr
+    both = cli(env, "dead", "requeue", "some-id", "--all")
+    assert both.returncode == 2
+    assert "not allowed with" in both.stderr
+
+
+def test_a_bad_retention_setting_exits_2_naming_it(env: dict[str, str]) -> None:
+    result = cli({**env, "UNO_JOBS_RETENTION_SECONDS": "a week"}, "dead", "list")
+    assert result.returncode == 2
+    assert "UNO_JOBS_RETENTION_SECONDS must be a positive number of seconds" in result.stderr
+    assert "'a week'" in result.stderr
+
+
 # -- demo -----------------------------------------------------------------------------------
 
 

@@ -12,14 +12,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import contract_tasks  # noqa: F401 - registers the contract.* tasks
 import pytest
-from conftest import async_wait_until, make_broker_url
+from conftest import async_wait_until, make_broker_url, opened, run, running
 
 from uno_jobs import JobFailedError, JobStatus, Queue
 from uno_jobs.errors import (
@@ -38,10 +36,6 @@ HERE = Path(__file__).parent
 REPO = HERE.parent.parent
 
 
-def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(coro_fn())  # type: ignore[arg-type]
-
-
 @pytest.fixture(params=["sync", "thread", "async", "process"])
 def worker_type(request: pytest.FixtureRequest) -> type[BaseWorker]:
     return get_worker_type(request.param)
@@ -52,25 +46,6 @@ def make_worker(cls: type[BaseWorker], queue: Queue, **options: Any) -> BaseWork
         options[cls.options_model.concurrency_option] = options.pop("concurrency")
     options.pop("concurrency", None)
     return cls(queue_name=queue.name, broker_url=queue.broker_url, **options)
-
-
-@asynccontextmanager
-async def opened(queue_name: str, broker_url: str) -> AsyncIterator[Queue]:
-    queue = Queue(queue_name, broker_url=broker_url)
-    try:
-        yield queue
-    finally:
-        await queue.delete()
-        queue.close()
-
-
-@asynccontextmanager
-async def running(worker: BaseWorker) -> AsyncIterator[BaseWorker]:
-    await worker.start()
-    try:
-        yield worker
-    finally:
-        await worker.shutdown(wait=False)
 
 
 def test_job_succeeds_with_result(
@@ -385,22 +360,7 @@ def test_long_job_is_not_redelivered_while_its_worker_lives(
         cleanup()
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        pytest.param(
-            "redis",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="kombu's Redis transport pops with BRPOP and records the message as "
-                "unacked only after the reply arrives: a reply lost with the connection "
-                "loses the job. Needs the reliable-fetch Redis channel (server-side move "
-                "into the unacked index) planned with the Redis performance work.",
-            ),
-        ),
-        "amqp",
-    ],
-)
+@pytest.mark.parametrize("kind", ["redis", "amqp"])
 def test_worker_reconnects_after_the_connection_drops(
     kind: str, uno_home: Path, queue_name: str
 ) -> None:

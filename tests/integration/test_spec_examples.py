@@ -158,6 +158,35 @@ EXAMPLES = [
         ),
     ),
     Example(
+        "retry_logic.py",
+        "Retry Logic",
+        (
+            r"^max_retries=3, retry_delay=60 s$",
+            r"^attempt 1 failed: MiddlewareError: .*ConnectionError: the database did not answer$",
+            r"^status: scheduled, attempts: 1$",
+            r"^attempt 2 due in (59|60) s, at \d\d:\d\d:\d\d UTC$",
+        ),
+    ),
+    Example(
+        "monitoring.py",
+        "Monitoring and Health Checks",
+        (
+            r"^health: \{'status': 'healthy', 'uptime': \d+, 'jobs_processed': 10, "
+            r"'failure_rate': 0\.1, 'current_jobs': 0, 'last_job_completed': '\S+Z'\}$",
+            r"^metrics: \{'jobs_processed_total': 10, 'jobs_succeeded': 9, 'jobs_failed': 1,",
+        ),
+    ),
+    Example(
+        "timeout_handling.py",
+        "Timeout Handling",
+        (
+            r"^long_running_task: succeeded, result None$",
+            r"^status: failed, attempts: 1$",
+            r"^error: JobTimeLimitExceeded: job exceeded its time limit of 1\.5 s$",
+            r"^stopped after \d\.\d s: the smaller of timeout=300 and max_job_duration=1\.5$",
+        ),
+    ),
+    Example(
         "middleware.py", "Middleware", (r"^ok job result: 'hello, world'$",), _check_middleware
     ),
     Example(

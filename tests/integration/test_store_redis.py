@@ -16,7 +16,9 @@ import redis
 
 # The contract lives beside the test folders so the unit suite can use it too.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from store_contract import NOW, StoreContract, a_record
+from cancel_contract import CancellationContract
+from store_contract import NOW, StoreContract, a_record, wait_for
+from store_history_contract import HistoryContract, failed_attempt
 
 from uno_jobs.store import DeadLetter, JobStore, JobUpdate, open_store
 
@@ -41,7 +43,7 @@ def key_prefix(client: redis.Redis[str]) -> Iterator[str]:
         client.delete(*keys)
 
 
-class TestRedisStore(StoreContract):
+class TestRedisStore(StoreContract, CancellationContract, HistoryContract):
     @pytest.fixture
     def store_url(self, key_prefix: str) -> str:
         return f"{REDIS_URL}?key_prefix={key_prefix}"
@@ -99,3 +101,23 @@ def test_an_unreachable_redis_fails_fast() -> None:
         store.get("a")
     assert time.monotonic() - started < 3
     store.close()
+
+
+def test_the_history_is_a_list_that_shares_the_records_ttl(
+    client: redis.Redis[str], key_prefix: str
+) -> None:
+    store = open_store(f"{REDIS_URL}?key_prefix={key_prefix}", retention_seconds=30)
+    store.create(a_record("a"))
+    store.apply([failed_attempt("a", 1)])
+    errors_key = f"{key_prefix}job_errors:a"
+    assert client.type(errors_key) == "list"  # type: ignore[no-untyped-call]
+    assert client.pttl(errors_key) == -1, "no TTL while the job is not finished"
+    store.apply([failed_attempt("a", 2, status="failed")])
+    assert 0 < client.pttl(errors_key) <= client.pttl(f"{key_prefix}job:a") <= 30_000
+    store.apply([JobUpdate("a", "t", "q", {"status": "queued"})])  # requeued: kept again
+    assert client.pttl(errors_key) == -1
+    short = open_store(f"{REDIS_URL}?key_prefix={key_prefix}", retention_seconds=0.2)
+    short.apply([JobUpdate("a", "t", "q", {"status": "dead"})])
+    wait_for(lambda: client.exists(errors_key, f"{key_prefix}job:a") == 0)
+    store.close()
+    short.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import sys
+import time
 import uuid
 from multiprocessing.queues import Queue as ProcessQueue
 from multiprocessing.synchronize import Barrier as ProcessBarrier
@@ -14,19 +15,21 @@ import pytest
 
 # The contract lives beside the test folders so the Redis suite can use it too.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cancel_contract import CancellationContract
 from store_contract import NOW, StoreContract, a_record
+from store_history_contract import HistoryContract, failed_attempt
 
 from uno_jobs.errors import ConfigurationError
 from uno_jobs.store import ScheduledJob, open_store
 
 
-class TestMemoryStore(StoreContract):
+class TestMemoryStore(StoreContract, CancellationContract, HistoryContract):
     @pytest.fixture
     def store_url(self) -> str:
         return f"memory://contract-{uuid.uuid4().hex}"
 
 
-class TestSQLiteStore(StoreContract):
+class TestSQLiteStore(StoreContract, CancellationContract, HistoryContract):
     @pytest.fixture
     def store_url(self, tmp_path: Path) -> str:
         return f"sqlite://{tmp_path / 'jobs.sqlite3'}"
@@ -155,3 +158,36 @@ def test_store_reprs_hide_the_password(tmp_path: Path) -> None:
 def test_open_store_passes_the_limits_on(tmp_path: Path) -> None:
     store = open_store(f"sqlite://{tmp_path / 'jobs.sqlite3'}", retention_seconds=5)
     assert (store.retention_seconds, store.result_limit_bytes) == (5, 1024 * 1024)
+
+
+def test_sqlite_adds_the_history_table_to_an_existing_file(sqlite_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "folder" / "jobs.sqlite3"
+    old = open_store(sqlite_url)
+    old.create(a_record("before"))
+    old.close()
+    conn = sqlite3.connect(path)  # make it what a file of schema version 1 holds
+    conn.execute("DROP TABLE job_errors")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = open_store(sqlite_url)
+    store.apply([failed_attempt("before", 1)])
+    record = store.get("before")
+    store.close()
+    assert record is not None and [e.error_message for e in record.errors] == ["boom 1"]
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] >= 2
+    conn.close()
+
+
+def test_sqlite_purge_deletes_the_history_of_expired_records(sqlite_url: str) -> None:
+    store = open_store(sqlite_url)
+    store.create(a_record("gone"))
+    store.create(a_record("kept"))
+    store.apply([failed_attempt("gone", 1, status="failed"), failed_attempt("kept", 1)])
+    assert store.purge_expired(time.time() + store.retention_seconds + 1) == 1
+    conn = sqlite3.connect(sqlite_url.removeprefix("sqlite://"))
+    rows = conn.execute("SELECT job_id FROM job_errors").fetchall()
+    conn.close()
+    store.close()
+    assert rows == [("kept",)]

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from uno_jobs.broker._consumer import ConsumerThread, Delivery
+from uno_jobs.broker._deadletters import QueueSweep, StoredMessage
 from uno_jobs.broker._publisher import Outgoing, Publisher
 from uno_jobs.broker._spec import BrokerKind, BrokerSpec, parse_broker_url
 from uno_jobs.broker._topology import (
@@ -26,6 +27,8 @@ __all__ = [
     "ConsumerThread",
     "Delivery",
     "Outgoing",
+    "QueueSweep",
+    "StoredMessage",
     "dead_queue_name",
     "level_queue_name",
     "level_queues",
@@ -77,6 +80,14 @@ class Broker:
     def purge(self, names: Sequence[str]) -> int:
         """Delete every ready message of these broker queues; returns how many."""
         return sum(self._admin(names, purge=True).values())
+
+    def sweep(self, name: str) -> QueueSweep:
+        """A pass over the broker queue ``name`` that re-publishes, moves or drops messages.
+
+        Used on ``q.dead`` to requeue dead letters and to drop old ones; see ``QueueSweep``.
+        Nothing is connected until the returned object is entered (``with``).
+        """
+        return QueueSweep(self.spec, name)
 
     def delete_queues(self, names: Sequence[str]) -> None:
         """Delete these broker queues and every message in them."""

@@ -52,7 +52,12 @@ def uno_jobs_job_stores() -> Mapping[str, Callable[..., JobStore]]:  # type: ign
 
 @hookspec
 def uno_jobs_metrics_exporters() -> Mapping[str, Callable[..., Any]]:  # type: ignore[empty-body]
-    """Metrics exporter factories by name; an exporter is started with the worker."""
+    """Metrics exporter factories by name, as ``metrics_exporters=["name"]`` selects them.
+
+    A worker (or a ``Queue``) named as ``owner`` calls ``factory(owner)`` once, before it
+    connects or starts child processes, and gets a ``uno_jobs.events.JobEvents`` listener;
+    the listener's ``start()`` and ``stop()``, when it has them, run with the owner's.
+    """
 
 
 @hookspec
@@ -82,3 +87,12 @@ def uno_jobs_worker_stopped(worker: BaseWorker) -> None:
 @hookspec
 def uno_jobs_child_boot() -> None:
     """A process-pool child process started (set up tracing or metrics there)."""
+
+
+@hookspec
+def uno_jobs_child_exited(pid: int) -> None:
+    """A process-pool child process exited and was reaped (called in the worker process).
+
+    For clean-up of what a child leaves behind, such as its metrics files. Runs on the
+    worker's event loop: hand slow work to a thread of your own.
+    """

@@ -250,6 +250,9 @@ class Plugins:
     def child_boot(self) -> None:
         self.pm.hook.uno_jobs_child_boot()
 
+    def child_exited(self, pid: int) -> None:
+        self.pm.hook.uno_jobs_child_exited(pid=pid)
+
     def add_worker_options(self, parser: argparse.ArgumentParser) -> None:
         self.pm.hook.uno_jobs_add_worker_options(parser=parser)
 

@@ -9,7 +9,8 @@ Three stores ship with uno_jobs, picked by the URL's scheme:
 - ``redis://[:password@]host:port/db?key_prefix=uno_jobs:`` (or ``rediss://``): shared
   by every host; the only query option is ``key_prefix``.
 
-Finished records are kept for ``retention_seconds`` (default 7 days); results larger than
+Finished records, dead letters and cancellations are kept for ``retention_seconds``
+(default ``UNO_JOBS_RETENTION_SECONDS``, else 7 days); results larger than
 ``result_limit_bytes`` (default 1 MiB) are replaced by ``None`` with
 ``result_truncated=True``.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import re
 from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
-from uno_jobs.config import redact_url
+from uno_jobs.config import redact_url, resolve_retention_seconds
 from uno_jobs.errors import ConfigurationError
 from uno_jobs.store._base import (
     DEFAULT_RESULT_LIMIT_BYTES,
@@ -54,18 +55,22 @@ SUPPORTED_SCHEMES = ("memory", "sqlite", "redis", "rediss")
 def open_store(
     url: str,
     *,
-    retention_seconds: float = DEFAULT_RETENTION_SECONDS,
+    retention_seconds: float | None = None,
     result_limit_bytes: int = DEFAULT_RESULT_LIMIT_BYTES,
 ) -> JobStore:
     """Open the job store that ``url`` names, by its scheme.
 
     The built-in schemes and those of plugins (``uno_jobs_job_stores``) resolve the same
-    way, through the plugin manager.
+    way, through the plugin manager. ``retention_seconds`` defaults to
+    ``UNO_JOBS_RETENTION_SECONDS``, else 7 days.
 
     Raises:
-        ConfigurationError: no store has that scheme, or the store refused the URL.
+        ConfigurationError: no store has that scheme, the store refused the URL, or the
+            retention is not a positive number of seconds.
     """
     from uno_jobs.plugins import get_plugins
+
+    retention_seconds = resolve_retention_seconds(retention_seconds)
 
     try:
         scheme = urlsplit(url).scheme

@@ -3,6 +3,10 @@
 Stores are synchronous and thread-safe; async callers go through ``asyncio.to_thread``.
 Workers never write one row at a time on the hot path: they hand ``JobUpdate`` batches to
 ``apply``, which a store applies in one transaction or pipeline, in order.
+
+Each failed attempt is kept in the record's ``errors`` (an ``AttemptError`` per attempt,
+the last ``MAX_ATTEMPT_ERRORS``), appended by an update's ``attempt_error`` field and
+expiring with the record.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ __all__ = [
     "DEFAULT_RESULT_LIMIT_BYTES",
     "DEFAULT_RETENTION_SECONDS",
     "FINISHED",
+    "MAX_ATTEMPT_ERRORS",
+    "AttemptError",
     "DeadLetter",
     "JobRecord",
     "JobStatus",
@@ -28,6 +34,8 @@ __all__ = [
 
 DEFAULT_RETENTION_SECONDS = 7 * 24 * 3600.0
 DEFAULT_RESULT_LIMIT_BYTES = 1024 * 1024
+#: How many failed attempts a record keeps in ``errors`` (the most recent ones).
+MAX_ATTEMPT_ERRORS = 50
 
 
 class JobStatus(str, enum.Enum):
@@ -49,12 +57,65 @@ FINISHED = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD})
 
 
 @dataclass(frozen=True)
+class AttemptError:
+    """One failed attempt of a job, as kept in ``JobRecord.errors``.
+
+    Attributes:
+        attempt: The attempt that failed (1 for the first run).
+        error_type: The exception's class name (``JobTimeLimitExceeded`` for a time limit).
+        error_message: The exception's message.
+        failed_at: When the attempt failed (POSIX timestamp).
+        worker_id: The worker that ran it.
+    """
+
+    attempt: int
+    error_type: str
+    error_message: str
+    failed_at: float
+    worker_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "error_type": self.error_type,
+            "error_message": self.error_message,
+            "failed_at": self.failed_at,
+            "worker_id": self.worker_id,
+        }
+
+    @classmethod
+    def from_value(cls, value: AttemptError | Mapping[str, Any]) -> AttemptError:
+        """An ``AttemptError`` from itself or from its ``to_dict`` form.
+
+        Raises:
+            ValueError: A mapping that lacks a field or has one of the wrong type.
+        """
+        if isinstance(value, AttemptError):
+            return value
+        if not isinstance(value, Mapping):
+            raise ValueError(f"an attempt error must be a mapping, not {type(value).__name__}")
+        try:
+            worker_id = value.get("worker_id")
+            return cls(
+                attempt=int(value["attempt"]),
+                error_type=str(value["error_type"]),
+                error_message=str(value["error_message"]),
+                failed_at=float(value["failed_at"]),
+                worker_id=None if worker_id is None else str(worker_id),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"bad attempt error {dict(value)!r}: {exc!r}") from exc
+
+
+@dataclass(frozen=True)
 class JobRecord:
     """Everything the store knows about one job.
 
     Times are POSIX timestamps (float seconds). ``result`` is the JSON value the task
     returned (``None`` until it succeeded); a result larger than the store's cap is
-    replaced by ``None`` with ``result_truncated`` set.
+    replaced by ``None`` with ``result_truncated`` set. ``errors`` holds the failed
+    attempts, oldest first (the last ``MAX_ATTEMPT_ERRORS`` of them); ``error_type`` and
+    ``error_message`` repeat the latest.
     """
 
     id: str
@@ -74,6 +135,7 @@ class JobRecord:
     error_message: str | None = None
     error_traceback: str | None = None
     dead_reason: str | None = None
+    errors: tuple[AttemptError, ...] = ()
 
     @property
     def finished(self) -> bool:
@@ -98,6 +160,7 @@ class JobRecord:
             "error_message": self.error_message,
             "error_traceback": self.error_traceback,
             "dead_reason": self.dead_reason,
+            "errors": [error.to_dict() for error in self.errors],
         }
 
     def evolve(self, **changes: Any) -> JobRecord:
@@ -110,7 +173,8 @@ class JobUpdate:
 
     Only the fields that are not ``None`` are written (``fields`` holds them). If no record
     exists for ``job_id`` (a job sent by a Celery producer, say), ``apply`` creates one
-    from ``task``/``queue`` and the fields.
+    from ``task``/``queue`` and the fields. The field ``attempt_error`` (an
+    ``AttemptError``) is not stored as such: it is appended to the record's ``errors``.
     """
 
     job_id: str
@@ -177,7 +241,9 @@ class JobStore(Protocol):
         ``retention_seconds`` from now; a ``result`` whose JSON encoding is larger than
         ``result_limit_bytes`` (or that is not strict JSON at all) is stored as ``None``
         with ``result_truncated=True``.
-        ``attempts`` and ``worker_lost`` are absolute values, not increments.
+        ``attempts`` and ``worker_lost`` are absolute values, not increments. An
+        ``attempt_error`` field is appended to the record's ``errors``, of which the last
+        ``MAX_ATTEMPT_ERRORS`` are kept; they expire (and are deleted) with the record.
         """
         ...
 
@@ -208,7 +274,46 @@ class JobStore(Protocol):
     def scheduled_count(self) -> int: ...
 
     def purge_expired(self, now: float) -> int:
-        """Delete finished records and dead-letter entries past retention; returns count."""
+        """Delete finished records, dead-letter entries and cancellations past retention.
+
+        Returns how many were deleted.
+        """
+        ...
+
+    def remove_dead_letters(self, queue: str, job_ids: Iterable[str] | None = None) -> int:
+        """Remove the dead-letter entries of ``job_ids`` in ``queue`` (all when ``None``).
+
+        Returns how many entries were removed.
+        """
+        ...
+
+    def unschedule(self, job_id: str, now: float) -> ScheduledJob | None:
+        """Remove and return the schedule entry of ``job_id``, unless a mover claimed it.
+
+        An entry claimed by ``claim_due`` whose lease has not run out is being published:
+        it is left alone and ``None`` is returned, as for a job id with no entry.
+        """
+        ...
+
+    def cancel(self, job_id: str, cancelled_at: float) -> None:
+        """Add ``job_id`` to the cancelled ids and move their version on, atomically.
+
+        An id stays cancelled until ``uncancel`` or until ``retention_seconds`` after
+        ``cancelled_at``.
+        """
+        ...
+
+    def uncancel(self, job_ids: Iterable[str]) -> None:
+        """Remove ids from the cancelled ids (moving the version on if any was there)."""
+        ...
+
+    def cancellations(self, known_version: int | None) -> tuple[int, frozenset[str] | None]:
+        """The version of the cancelled ids, and the ids unless that is ``known_version``.
+
+        One round trip. Workers call it with the version they hold and get ``None`` back
+        while nothing changed; the version is read before the ids, so ids returned are
+        never older than the version returned with them.
+        """
         ...
 
     def close(self) -> None: ...
@@ -218,7 +323,12 @@ class JobStore(Protocol):
 # record in the same "stored form" (the columns below, with ``status`` as its string value
 # and ``result`` as JSON text), so all of them truncate, coerce and round-trip alike.
 
-RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclass_fields(JobRecord))
+#: The fields a store keeps as columns of the record; ``errors`` is kept apart by each store.
+RECORD_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in dataclass_fields(JobRecord) if f.name != "errors"
+)
+#: The key of ``JobUpdate.fields`` that appends to ``errors``.
+ATTEMPT_ERROR = "attempt_error"
 _DEFAULTS: dict[str, Any] = {
     f.name: f.default for f in dataclass_fields(JobRecord) if f.default is not MISSING
 }
@@ -279,11 +389,16 @@ def decode_result(text: str | None) -> Any:
 
 
 def record_columns(record: JobRecord, limit_bytes: int) -> dict[str, Any]:
-    """Every field of ``record`` in stored form (the result encoded and capped)."""
+    """Every field of ``record`` in stored form (the result encoded and capped).
+
+    ``errors`` is there as a list of ``AttemptError.to_dict()`` mappings, the last
+    ``MAX_ATTEMPT_ERRORS`` only; stores that keep it apart pop it.
+    """
     columns = record.to_dict()
     text, truncated = encode_result(record.result, limit_bytes)
     columns["result"] = text
     columns["result_truncated"] = bool(record.result_truncated or truncated)
+    columns["errors"] = columns["errors"][-MAX_ATTEMPT_ERRORS:]
     return columns
 
 
@@ -304,6 +419,13 @@ def update_columns(update: JobUpdate, limit_bytes: int) -> dict[str, Any]:
             continue
         if name == "result_truncated" and "result" in update.fields:
             continue
+        if name == ATTEMPT_ERROR:
+            if value is not None:
+                try:
+                    columns[name] = AttemptError.from_value(value)
+                except ValueError as exc:
+                    raise ValueError(f"job {update.job_id}: {exc}") from exc
+            continue
         coerce = _COERCE.get(name)
         if coerce is None:
             raise ValueError(f"job {update.job_id}: {name!r} is not a writable job field")
@@ -315,11 +437,16 @@ def update_columns(update: JobUpdate, limit_bytes: int) -> dict[str, Any]:
 
 
 def record_from_columns(columns: Mapping[str, Any]) -> JobRecord:
-    """A ``JobRecord`` from stored form; missing columns take the field defaults."""
+    """A ``JobRecord`` from stored form; missing columns take the field defaults.
+
+    ``errors``, when present, is a sequence of ``AttemptError`` or their mappings.
+    """
     values = {name: columns.get(name, _DEFAULTS.get(name)) for name in RECORD_FIELDS}
     values["status"] = JobStatus(values["status"] or JobStatus.QUEUED)
     values["result"] = decode_result(values["result"])
     values["result_truncated"] = bool(values["result_truncated"])
+    errors = columns.get("errors") or ()
+    values["errors"] = tuple(AttemptError.from_value(error) for error in errors)
     return JobRecord(**values)
 
 

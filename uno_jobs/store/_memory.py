@@ -16,9 +16,11 @@ from typing import Any
 
 from uno_jobs.errors import DuplicateJobError
 from uno_jobs.store._base import (
+    ATTEMPT_ERROR,
     DEFAULT_RESULT_LIMIT_BYTES,
     DEFAULT_RETENTION_SECONDS,
     FINISHED,
+    MAX_ATTEMPT_ERRORS,
     DeadLetter,
     JobRecord,
     JobStatus,
@@ -38,11 +40,15 @@ _FINISHED_VALUES = frozenset(status.value for status in FINISHED)
 @dataclass
 class _Data:
     lock: threading.Lock = field(default_factory=threading.Lock)
-    # job id -> stored-form columns plus "expires_at" (None while the job is not finished)
+    # job id -> stored-form columns plus "expires_at" (None while the job is not finished);
+    # "errors" is a list of AttemptError.to_dict() mappings, oldest first
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
     # job id -> (entry, time from which it may be claimed)
     scheduled: dict[str, tuple[ScheduledJob, float]] = field(default_factory=dict)
+    # cancelled job id -> when it was cancelled; the version moves on with every change
+    cancelled: dict[str, float] = field(default_factory=dict)
+    cancel_version: int = 0
 
 
 _shared: dict[str, _Data] = {}
@@ -146,7 +152,11 @@ class MemoryStore:
                     row = {"id": update.job_id, "task": update.task, "queue": update.queue}
                     row["status"] = JobStatus.QUEUED.value
                     row["expires_at"] = None
+                    row["errors"] = []
                     self._data.records[update.job_id] = row
+                error = columns.pop(ATTEMPT_ERROR, None)
+                if error is not None:
+                    row["errors"] = [*row["errors"], error.to_dict()][-MAX_ATTEMPT_ERRORS:]
                 row.update(columns)
                 if "status" in columns:
                     row["expires_at"] = self._expiry(columns["status"], now)
@@ -194,9 +204,16 @@ class MemoryStore:
             return len(self._data.scheduled)
 
     def purge_expired(self, now: float) -> int:
-        """Delete finished records and dead letters past retention; returns the count."""
+        """Delete finished records, dead letters and cancellations past retention.
+
+        Returns how many were deleted.
+        """
         cutoff = now - self.retention_seconds
         with self._data.lock:
+            cancelled = self._data.cancelled
+            old = [job_id for job_id, at in cancelled.items() if at <= cutoff]
+            for job_id in old:
+                del cancelled[job_id]
             records = self._data.records
             expired = [
                 job_id
@@ -208,7 +225,57 @@ class MemoryStore:
             kept = [entry for entry in self._data.dead if entry.dead_at > cutoff]
             purged_letters = len(self._data.dead) - len(kept)
             self._data.dead = kept
-        return len(expired) + purged_letters
+        return len(expired) + purged_letters + len(old)
+
+    def remove_dead_letters(self, queue: str, job_ids: Iterable[str] | None = None) -> int:
+        """Remove the dead letters of ``job_ids`` in ``queue`` (all when ``None``)."""
+        wanted = None if job_ids is None else set(job_ids)
+        with self._data.lock:
+            kept = [
+                entry
+                for entry in self._data.dead
+                if entry.queue != queue or (wanted is not None and entry.job_id not in wanted)
+            ]
+            removed = len(self._data.dead) - len(kept)
+            self._data.dead = kept
+        return removed
+
+    def unschedule(self, job_id: str, now: float) -> ScheduledJob | None:
+        """Remove and return the entry of ``job_id`` unless a mover holds it claimed."""
+        with self._data.lock:
+            pair = self._data.scheduled.get(job_id)
+            if pair is None or _claimed(pair[0], pair[1], now):
+                return None
+            del self._data.scheduled[job_id]
+            return pair[0]
+
+    def cancel(self, job_id: str, cancelled_at: float) -> None:
+        """Add ``job_id`` to the cancelled ids and move their version on."""
+        with self._data.lock:
+            self._data.cancelled[job_id] = cancelled_at
+            self._data.cancel_version += 1
+
+    def uncancel(self, job_ids: Iterable[str]) -> None:
+        """Remove ids from the cancelled ids (moving the version on if any was there)."""
+        with self._data.lock:
+            removed = [self._data.cancelled.pop(job_id, None) for job_id in job_ids]
+            if any(at is not None for at in removed):
+                self._data.cancel_version += 1
+
+    def cancellations(self, known_version: int | None) -> tuple[int, frozenset[str] | None]:
+        """The version of the cancelled ids, and the ids unless that is ``known_version``."""
+        cutoff = time.time() - self.retention_seconds
+        with self._data.lock:
+            version = self._data.cancel_version
+            if version == known_version:
+                return version, None
+            ids = frozenset(i for i, at in self._data.cancelled.items() if at > cutoff)
+        return version, ids
 
     def close(self) -> None:
         """Nothing to release: the data stays for other stores of the same URL."""
+
+
+def _claimed(job: ScheduledJob, available_at: float, now: float) -> bool:
+    """Whether ``claim_due`` holds the entry: its lease ends after its due time and now."""
+    return available_at > job.due_at and available_at > now

@@ -4,10 +4,14 @@ Keys, all under the prefix:
 
 - ``job:{id}``: one hash per record, holding only the fields that are set. Finished
   records carry an ``EXPIRE`` of the retention, so Redis forgets them by itself.
+- ``job_errors:{id}``: a list of the record's failed attempts (JSON), oldest first, trimmed
+  to ``MAX_ATTEMPT_ERRORS``; every write that touches it gives it the record's TTL.
 - ``dead_letters`` and ``dead_letters:{queue}``: sorted sets of dead-letter entries (JSON)
   scored by time; ``dead_letter_queues`` is the set of queues that have one.
 - ``schedule``: a sorted set of job ids scored by the time they may be claimed, and
   ``schedule_payloads``: a hash of job id to the entry (JSON).
+- ``cancelled``: a sorted set of cancelled job ids scored by the time of cancellation, and
+  ``cancel_version``: a counter that every change to it moves on.
 
 Every operation that must be atomic is one Lua script, and every batch is one round trip.
 The scripts touch several keys, so the store needs one Redis (not a Redis Cluster).
@@ -16,6 +20,7 @@ The scripts touch several keys, so the store needs one Redis (not a Redis Cluste
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -27,9 +32,12 @@ from redis.retry import Retry
 from uno_jobs.config import redact_url
 from uno_jobs.errors import DuplicateJobError
 from uno_jobs.store._base import (
+    ATTEMPT_ERROR,
     DEFAULT_RESULT_LIMIT_BYTES,
     DEFAULT_RETENTION_SECONDS,
     FINISHED,
+    MAX_ATTEMPT_ERRORS,
+    AttemptError,
     DeadLetter,
     JobRecord,
     JobUpdate,
@@ -47,37 +55,50 @@ SOCKET_TIMEOUT_SECONDS = 5.0
 _FINISHED_VALUES = frozenset(status.value for status in FINISHED)
 _INT_FIELDS = frozenset({"attempts", "worker_lost"})
 _FLOAT_FIELDS = frozenset({"enqueued_at", "started_at", "finished_at"})
+# Job ids per UNCANCEL call: Lua's unpack has a limit on the number of values.
+_UNCANCEL_CHUNK = 1000
 
-# KEYS: record keys. ARGV, per record: pexpire ms ('' for none), item count, field/value
-# items. Returns the 1-based index of the first key that exists (nothing written), or 0.
+# KEYS: per record, its hash and its errors list. ARGV, per record: pexpire ms ('' for
+# none), item count, error count, field/value items, errors (JSON). Returns the 1-based
+# index of the first record that exists (nothing written), or 0.
 _CREATE_SCRIPT = """
-for i = 1, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then return i end
+for i = 1, #KEYS, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return (i + 1) / 2 end
 end
 local a = 1
-for i = 1, #KEYS do
-  local n = tonumber(ARGV[a + 1])
-  redis.call('HSET', KEYS[i], unpack(ARGV, a + 2, a + 1 + n))
-  if ARGV[a] ~= '' then redis.call('PEXPIRE', KEYS[i], ARGV[a]) end
-  a = a + 2 + n
+for i = 1, #KEYS, 2 do
+  local n, m = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local s = a + 3
+  redis.call('HSET', KEYS[i], unpack(ARGV, s, s + n - 1))
+  redis.call('DEL', KEYS[i + 1])
+  if m > 0 then redis.call('RPUSH', KEYS[i + 1], unpack(ARGV, s + n, s + n + m - 1)) end
+  if ARGV[a] ~= '' then
+    redis.call('PEXPIRE', KEYS[i], ARGV[a])
+    redis.call('PEXPIRE', KEYS[i + 1], ARGV[a])
+  end
+  a = s + n + m
 end
 return 0
 """
 
-# KEYS: record keys, one per update, in order. ARGV, per update: id, task, queue, expiry
-# ('' keep, '-' persist, else pexpire ms), count of items to set, count of fields to delete,
-# the field/value items, the field names. A missing record is created as queued first.
+# KEYS: per update, in order, the record's hash and its errors list. ARGV, per update: id,
+# task, queue, expiry ('' keep, '-' persist, else pexpire ms), count of items to set, count
+# of fields to delete, an attempt error to append (JSON, '' for none), the field/value
+# items, the field names. A missing record is created as queued first (and stale errors of
+# an expired one are dropped); the errors list always ends with the record's TTL.
 _APPLY_SCRIPT = """
 local a = 1
-for i = 1, #KEYS do
-  local key = KEYS[i]
+for i = 1, #KEYS, 2 do
+  local key, errors = KEYS[i], KEYS[i + 1]
   local n_set = tonumber(ARGV[a + 4])
   local n_del = tonumber(ARGV[a + 5])
+  local err = ARGV[a + 6]
   if redis.call('EXISTS', key) == 0 then
     redis.call('HSET', key, 'id', ARGV[a], 'task', ARGV[a + 1], 'queue', ARGV[a + 2],
                'status', 'queued')
+    redis.call('DEL', errors)
   end
-  local s = a + 6
+  local s = a + 7
   if n_set > 0 then redis.call('HSET', key, unpack(ARGV, s, s + n_set - 1)) end
   if n_del > 0 then redis.call('HDEL', key, unpack(ARGV, s + n_set, s + n_set + n_del - 1)) end
   local expiry = ARGV[a + 3]
@@ -86,13 +107,74 @@ for i = 1, #KEYS do
   elseif expiry ~= '' then
     redis.call('PEXPIRE', key, expiry)
   end
+  if err ~= '' then
+    redis.call('RPUSH', errors, err)
+    redis.call('LTRIM', errors, -MAX_ATTEMPT_ERRORS, -1)
+  end
+  if err ~= '' or expiry ~= '' then
+    local ttl = redis.call('PTTL', key)
+    if ttl > 0 then redis.call('PEXPIRE', errors, ttl) else redis.call('PERSIST', errors) end
+  end
   a = s + n_set + n_del
 end
-return #KEYS
-"""
+return #KEYS / 2
+""".replace("MAX_ATTEMPT_ERRORS", str(MAX_ATTEMPT_ERRORS))
 
 # KEYS: schedule zset, payload hash. ARGV: now, limit, end of lease. Due entries are
 # re-scored to the end of the lease, so a claimer that dies leaves them due again.
+# KEYS: schedule zset, payload hash. ARGV: job id, now. Removes and returns the entry
+# unless a mover claimed it: a claimed entry is scored at the end of its lease, past its
+# due time (the entry's third item) and past now.
+_UNSCHEDULE_SCRIPT = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local entry = redis.call('HGET', KEYS[2], ARGV[1])
+if not score or not entry then return false end
+local available = tonumber(score)
+if available > tonumber(cjson.decode(entry)[3]) and available > tonumber(ARGV[2]) then
+  return false
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return entry
+"""
+
+# KEYS: cancelled zset, version counter. ARGV: job ids. Moves the version on if any was there.
+_UNCANCEL_SCRIPT = """
+local removed = redis.call('ZREM', KEYS[1], unpack(ARGV))
+if removed > 0 then redis.call('INCR', KEYS[2]) end
+return removed
+"""
+
+# KEYS: cancelled zset, version counter. ARGV: the caller's version ('' for none), the
+# retention cutoff. Returns {version} if unchanged, else {version, id, id, ...}.
+_CANCELLATIONS_SCRIPT = """
+local version = redis.call('GET', KEYS[2]) or '0'
+if version == ARGV[1] then return {version} end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[2], '+inf')
+table.insert(ids, 1, version)
+return ids
+"""
+
+# KEYS: all-queues dead letters, the queue's dead letters, the set of queues. ARGV: queue,
+# '*' to remove every entry of the queue or '' to remove those of the job ids that follow.
+_REMOVE_DEAD_SCRIPT = """
+local wanted = nil
+if ARGV[2] ~= '*' then
+  wanted = {}
+  for i = 3, #ARGV do wanted[ARGV[i]] = true end
+end
+local removed = 0
+for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if wanted == nil or wanted[cjson.decode(member)[1]] then
+    redis.call('ZREM', KEYS[1], member)
+    redis.call('ZREM', KEYS[2], member)
+    removed = removed + 1
+  end
+end
+if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('SREM', KEYS[3], ARGV[1]) end
+return removed
+"""
+
 _CLAIM_SCRIPT = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
@@ -125,6 +207,10 @@ def _from_text(name: str, text: str) -> Any:
     if name in _FLOAT_FIELDS:
         return float(text)
     return text
+
+
+def _error_json(error: AttemptError) -> str:
+    return json.dumps(error.to_dict(), separators=(",", ":"))
 
 
 def _items(columns: dict[str, Any]) -> list[str]:
@@ -163,7 +249,7 @@ class RedisStore:
         self.retention_seconds = retention_seconds
         self.result_limit_bytes = result_limit_bytes
         parts = urlsplit(url)
-        self._client: redis.Redis[str] = redis.Redis.from_url(
+        self._client: redis.Redis = redis.Redis.from_url(
             urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")),
             decode_responses=True,
             socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
@@ -173,6 +259,12 @@ class RedisStore:
         self._create = self._client.register_script(_CREATE_SCRIPT)
         self._apply = self._client.register_script(_APPLY_SCRIPT)
         self._claim = self._client.register_script(_CLAIM_SCRIPT)
+        self._unschedule = self._client.register_script(_UNSCHEDULE_SCRIPT)
+        self._uncancel = self._client.register_script(_UNCANCEL_SCRIPT)
+        self._cancellations = self._client.register_script(_CANCELLATIONS_SCRIPT)
+        self._remove_dead = self._client.register_script(_REMOVE_DEAD_SCRIPT)
+        self._cancelled = f"{key_prefix}cancelled"
+        self._cancel_version = f"{key_prefix}cancel_version"
         self._dead_all = f"{key_prefix}dead_letters"
         self._dead_queues = f"{key_prefix}dead_letter_queues"
         self._schedule = f"{key_prefix}schedule"
@@ -183,6 +275,9 @@ class RedisStore:
 
     def _key(self, job_id: str) -> str:
         return f"{self.key_prefix}job:{job_id}"
+
+    def _errors_key(self, job_id: str) -> str:
+        return f"{self.key_prefix}job_errors:{job_id}"
 
     def _dead_key(self, queue: str) -> str:
         return f"{self.key_prefix}dead_letters:{queue}"
@@ -207,26 +302,35 @@ class RedisStore:
         if repeated is not None:
             raise DuplicateJobError(repeated)
         args: list[str] = []
+        keys: list[str] = []
         for record in records:
-            items = _items(record_columns(record, self.result_limit_bytes))
+            columns = record_columns(record, self.result_limit_bytes)
+            errors = [_error_json(AttemptError.from_value(e)) for e in columns.pop("errors")]
+            items = _items(columns)
             expiry = self._expiry_ms() if record.status.value in _FINISHED_VALUES else ""
-            args += (expiry, str(len(items)), *items)
-        existing = int(self._create(keys=[self._key(i) for i in ids], args=args))
+            args += (expiry, str(len(items)), str(len(errors)), *items, *errors)
+            keys += (self._key(record.id), self._errors_key(record.id))
+        existing = int(self._create(keys=keys, args=args))
         if existing:
             raise DuplicateJobError(ids[existing - 1])
 
     def delete(self, job_ids: Iterable[str]) -> None:
         """Remove records (used to undo ``create`` when a publish failed)."""
-        keys = [self._key(job_id) for job_id in job_ids]
+        keys = [key for job_id in job_ids for key in (self._key(job_id), self._errors_key(job_id))]
         if keys:
             self._client.delete(*keys)
 
     def get(self, job_id: str) -> JobRecord | None:
         """The record of ``job_id``, or ``None`` if there is none or it expired."""
-        stored = self._client.hgetall(self._key(job_id))
+        pipe = self._client.pipeline(transaction=True)
+        pipe.hgetall(self._key(job_id))
+        pipe.lrange(self._errors_key(job_id), 0, -1)
+        stored, errors = pipe.execute()
         if not stored:
             return None
-        return record_from_columns({name: _from_text(name, t) for name, t in stored.items()})
+        columns = {name: _from_text(name, text) for name, text in stored.items()}
+        columns["errors"] = [json.loads(error) for error in errors]
+        return record_from_columns(columns)
 
     def apply(self, updates: Sequence[JobUpdate]) -> None:
         """Apply updates in order, in one Lua script (see ``JobStore.apply``).
@@ -241,17 +345,21 @@ class RedisStore:
         if not updates:
             return
         args: list[str] = []
+        keys: list[str] = []
         for update in updates:
             columns = update_columns(update, self.result_limit_bytes)
+            error = columns.pop(ATTEMPT_ERROR, None)
             items = _items(columns)
             removed = [name for name, value in columns.items() if value is None]
             status = columns.get("status")
             expiry = "" if status is None else "-"
             if status in _FINISHED_VALUES:
                 expiry = self._expiry_ms()
+            appended = "" if error is None else _error_json(error)
             args += (update.job_id, update.task, update.queue, expiry)
-            args += (str(len(items)), str(len(removed)), *items, *removed)
-        self._apply(keys=[self._key(update.job_id) for update in updates], args=args)
+            args += (str(len(items)), str(len(removed)), appended, *items, *removed)
+            keys += (self._key(update.job_id), self._errors_key(update.job_id))
+        self._apply(keys=keys, args=args)
 
     def add_dead_letter(self, entry: DeadLetter) -> None:
         """Index a dead-lettered job under its queue and under all queues."""
@@ -269,7 +377,7 @@ class RedisStore:
         if limit <= 0:
             return []
         key = self._dead_all if queue is None else self._dead_key(queue)
-        members = self._client.zrevrange(key, 0, limit - 1)
+        members: list[str] = self._client.zrevrange(key, 0, limit - 1)  # type: ignore[assignment]
         return [DeadLetter(*json.loads(member)) for member in members]
 
     def schedule(self, job: ScheduledJob) -> None:
@@ -308,17 +416,68 @@ class RedisStore:
         return int(self._client.zcard(self._schedule))
 
     def purge_expired(self, now: float) -> int:
-        """Trim dead letters past retention; returns how many entries were removed.
+        """Trim dead letters and cancellations past retention; returns how many went.
 
         Records need no purge: finished ones carry an ``EXPIRE``, so Redis deletes them.
         """
         cutoff = repr(float(now - self.retention_seconds))
-        queues = self._client.smembers(self._dead_queues)
+        queues: set[str] = self._client.smembers(self._dead_queues)  # type: ignore[assignment]
         pipe = self._client.pipeline(transaction=True)
+        pipe.zremrangebyscore(self._cancelled, "-inf", cutoff)
         pipe.zremrangebyscore(self._dead_all, "-inf", cutoff)
         for queue in sorted(queues):
             pipe.zremrangebyscore(self._dead_key(queue), "-inf", cutoff)
-        return int(pipe.execute()[0])
+        results = pipe.execute()
+        return int(results[0]) + int(results[1])
+
+    def remove_dead_letters(self, queue: str, job_ids: Iterable[str] | None = None) -> int:
+        """Remove the dead letters of ``job_ids`` in ``queue`` (all when ``None``).
+
+        One Lua script, so an entry added meanwhile is either kept in both sorted sets or
+        removed from both.
+        """
+        keys = [self._dead_all, self._dead_key(queue), self._dead_queues]
+        if job_ids is None:
+            return int(self._remove_dead(keys=keys, args=[queue, "*"]))
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            return 0
+        return int(self._remove_dead(keys=keys, args=[queue, "", *ids]))
+
+    def unschedule(self, job_id: str, now: float) -> ScheduledJob | None:
+        """Remove and return the entry of ``job_id`` unless a mover holds it claimed."""
+        entry = self._unschedule(
+            keys=[self._schedule, self._payloads], args=[job_id, repr(float(now))]
+        )
+        return None if entry is None else ScheduledJob(*json.loads(entry))
+
+    def cancel(self, job_id: str, cancelled_at: float) -> None:
+        """Add ``job_id`` to the cancelled ids and move their version on, atomically."""
+        pipe = self._client.pipeline(transaction=True)
+        pipe.zadd(self._cancelled, {job_id: cancelled_at})
+        pipe.incr(self._cancel_version)
+        pipe.execute()
+
+    def uncancel(self, job_ids: Iterable[str]) -> None:
+        """Remove ids from the cancelled ids (moving the version on if any was there)."""
+        ids = list(job_ids)
+        for start in range(0, len(ids), _UNCANCEL_CHUNK):
+            chunk = ids[start : start + _UNCANCEL_CHUNK]
+            self._uncancel(keys=[self._cancelled, self._cancel_version], args=chunk)
+
+    def cancellations(self, known_version: int | None) -> tuple[int, frozenset[str] | None]:
+        """The version of the cancelled ids, and the ids unless that is ``known_version``.
+
+        One Lua script: the version and the ids are read together.
+        """
+        cutoff = repr(float(time.time() - self.retention_seconds))
+        known = "" if known_version is None else str(known_version)
+        keys = [self._cancelled, self._cancel_version]
+        reply = self._cancellations(keys=keys, args=[known, cutoff])
+        version = int(reply[0])
+        if len(reply) == 1 and version == known_version:
+            return version, None
+        return version, frozenset(reply[1:])
 
     def close(self) -> None:
         """Close the connection pool."""

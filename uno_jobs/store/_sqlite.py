@@ -25,10 +25,13 @@ from typing import Any
 
 from uno_jobs.errors import DuplicateJobError
 from uno_jobs.store._base import (
+    ATTEMPT_ERROR,
     DEFAULT_RESULT_LIMIT_BYTES,
     DEFAULT_RETENTION_SECONDS,
     FINISHED,
+    MAX_ATTEMPT_ERRORS,
     RECORD_FIELDS,
+    AttemptError,
     DeadLetter,
     JobRecord,
     JobStatus,
@@ -43,7 +46,10 @@ from uno_jobs.store._base import (
 __all__ = ["SQLiteStore"]
 
 BUSY_TIMEOUT_SECONDS = 10.0
-SCHEMA_VERSION = 1
+# Every statement of the schema is "IF NOT EXISTS": a file of an older version is brought
+# up to date by running all of them again (version 2 added the job_errors table, version 3
+# the cancelled and counters tables).
+SCHEMA_VERSION = 3
 # Stay well below SQLite's limit on bound parameters in one statement.
 _CHUNK = 500
 _FINISHED_VALUES = frozenset(status.value for status in FINISHED)
@@ -89,6 +95,25 @@ CREATE TABLE IF NOT EXISTS scheduled (
     available_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS scheduled_available_at ON scheduled (available_at);
+CREATE TABLE IF NOT EXISTS job_errors (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    error_type TEXT NOT NULL,
+    error_message TEXT NOT NULL,
+    failed_at REAL NOT NULL,
+    worker_id TEXT
+);
+CREATE INDEX IF NOT EXISTS job_errors_job ON job_errors (job_id, seq);
+CREATE TABLE IF NOT EXISTS cancelled (
+    job_id TEXT PRIMARY KEY,
+    cancelled_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cancelled_at ON cancelled (cancelled_at);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
 
 _SELECT_RECORD = f"SELECT {', '.join(RECORD_FIELDS)} FROM jobs"
@@ -103,6 +128,30 @@ WHERE job_id IN (
 )
 RETURNING job_id, routing_key, due_at, payload
 """
+_UNSCHEDULE = """
+DELETE FROM scheduled
+WHERE job_id = ? AND NOT (available_at > due_at AND available_at > ?)
+RETURNING job_id, routing_key, due_at, payload
+"""
+_BUMP_CANCEL_VERSION = (
+    "INSERT INTO counters (name, value) VALUES ('cancelled', 1) "
+    "ON CONFLICT (name) DO UPDATE SET value = value + 1"
+)
+_INSERT_ERROR = (
+    "INSERT INTO job_errors (job_id, attempt, error_type, error_message, failed_at, worker_id) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+# Keeps the newest MAX_ATTEMPT_ERRORS of a job (the subquery is NULL while there are fewer).
+_TRIM_ERRORS = f"""
+DELETE FROM job_errors WHERE job_id = ? AND seq <= (
+    SELECT seq FROM job_errors WHERE job_id = ?
+    ORDER BY seq DESC LIMIT 1 OFFSET {MAX_ATTEMPT_ERRORS}
+)
+"""
+_SELECT_ERRORS = (
+    "SELECT attempt, error_type, error_message, failed_at, worker_id FROM job_errors "
+    "WHERE job_id = ? ORDER BY seq"
+)
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -203,6 +252,17 @@ def _create_schema(conn: sqlite3.Connection) -> None:
         raise
 
 
+def _error_row(job_id: str, error: AttemptError) -> tuple[Any, ...]:
+    return (
+        job_id,
+        error.attempt,
+        error.error_type,
+        error.error_message,
+        error.failed_at,
+        error.worker_id,
+    )
+
+
 @functools.lru_cache(maxsize=256)
 def _upsert_sql(names: tuple[str, ...]) -> str:
     """The statement that creates-or-updates a record, writing the columns ``names``."""
@@ -267,6 +327,11 @@ class SQLiteStore:
         """Delete expired rows among ``job_ids``: for the store they no longer exist."""
         for chunk in _chunks(job_ids):
             conn.execute(
+                "DELETE FROM job_errors WHERE job_id IN (SELECT id FROM jobs "
+                f"WHERE expires_at <= ? AND id IN ({_placeholders(len(chunk))}))",
+                (now, *chunk),
+            )
+            conn.execute(
                 f"DELETE FROM jobs WHERE expires_at <= ? AND id IN ({_placeholders(len(chunk))})",
                 (now, *chunk),
             )
@@ -287,14 +352,18 @@ class SQLiteStore:
             raise DuplicateJobError(repeated)
         now = time.time()
         rows = []
+        errors: list[tuple[Any, ...]] = []
         for record in records:
             row = record_columns(record, self.result_limit_bytes)
             row["expires_at"] = self._expiry(row["status"], now)
+            errors += [_error_row(record.id, AttemptError.from_value(e)) for e in row.pop("errors")]
             rows.append(row)
         try:
             with self._transaction() as conn:
                 self._drop_expired(conn, ids, now)
                 conn.executemany(_INSERT_RECORD, rows)
+                self._delete_errors(conn, ids)
+                conn.executemany(_INSERT_ERROR, errors)
         except sqlite3.IntegrityError:
             # Rolled back; only now can we tell which ids exist, as the rows that
             # executemany wrote before the conflict are gone again.
@@ -321,14 +390,31 @@ class SQLiteStore:
         with self._transaction() as conn:
             for chunk in _chunks(ids):
                 conn.execute(f"DELETE FROM jobs WHERE id IN ({_placeholders(len(chunk))})", chunk)
+            self._delete_errors(conn, ids)
+
+    @staticmethod
+    def _delete_errors(conn: sqlite3.Connection, job_ids: Sequence[str]) -> None:
+        for chunk in _chunks(job_ids):
+            conn.execute(
+                f"DELETE FROM job_errors WHERE job_id IN ({_placeholders(len(chunk))})", chunk
+            )
 
     def get(self, job_id: str) -> JobRecord | None:
         """The record of ``job_id``, or ``None`` if there is none or it expired."""
         sql = f"{_SELECT_RECORD} WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)"
-        row = self._connections.get().execute(sql, (job_id, time.time())).fetchone()
+        conn = self._connections.get()
+        # One read transaction: the record and its errors from the same snapshot.
+        conn.execute("BEGIN")
+        try:
+            row = conn.execute(sql, (job_id, time.time())).fetchone()
+            errors = conn.execute(_SELECT_ERRORS, (job_id,)).fetchall() if row else []
+        finally:
+            conn.execute("COMMIT")
         if row is None:
             return None
-        return record_from_columns(dict(zip(RECORD_FIELDS, row, strict=True)))
+        columns: dict[str, Any] = dict(zip(RECORD_FIELDS, row, strict=True))
+        columns["errors"] = [AttemptError(*error) for error in errors]
+        return record_from_columns(columns)
 
     def apply(self, updates: Sequence[JobUpdate]) -> None:
         """Apply updates in order, in one transaction (see ``JobStore.apply``).
@@ -341,8 +427,12 @@ class SQLiteStore:
         """
         now = time.time()
         prepared: list[tuple[tuple[str, ...], dict[str, Any]]] = []
+        errors: list[tuple[Any, ...]] = []
         for update in updates:
             columns = update_columns(update, self.result_limit_bytes)
+            error = columns.pop(ATTEMPT_ERROR, None)
+            if error is not None:
+                errors.append(_error_row(update.job_id, error))
             params = {
                 "id": update.job_id,
                 "task": update.task,
@@ -360,6 +450,10 @@ class SQLiteStore:
             # Consecutive updates that write the same columns share one executemany.
             for names, group in itertools.groupby(prepared, key=operator.itemgetter(0)):
                 conn.executemany(_upsert_sql(names), [params for _, params in group])
+            if errors:
+                conn.executemany(_INSERT_ERROR, errors)
+                trimmed = {error[0]: None for error in errors}
+                conn.executemany(_TRIM_ERRORS, [(job_id, job_id) for job_id in trimmed])
 
     def add_dead_letter(self, entry: DeadLetter) -> None:
         """Index a dead-lettered job under its queue."""
@@ -418,13 +512,84 @@ class SQLiteStore:
         return int(row[0])
 
     def purge_expired(self, now: float) -> int:
-        """Delete finished records and dead letters past retention; returns the count."""
+        """Delete finished records, dead letters and cancellations past retention.
+
+        Returns how many were deleted.
+        """
         with self._transaction() as conn:
+            cancellations = conn.execute(
+                "DELETE FROM cancelled WHERE cancelled_at <= ?", (now - self.retention_seconds,)
+            ).rowcount
+            conn.execute(
+                "DELETE FROM job_errors WHERE job_id IN "
+                "(SELECT id FROM jobs WHERE expires_at <= ?)",
+                (now,),
+            )
             records = conn.execute("DELETE FROM jobs WHERE expires_at <= ?", (now,)).rowcount
             letters = conn.execute(
                 "DELETE FROM dead_letters WHERE dead_at <= ?", (now - self.retention_seconds,)
             ).rowcount
-        return records + letters
+        return records + letters + cancellations
+
+    def remove_dead_letters(self, queue: str, job_ids: Iterable[str] | None = None) -> int:
+        """Remove the dead letters of ``job_ids`` in ``queue`` (all when ``None``)."""
+        with self._transaction() as conn:
+            if job_ids is None:
+                sql = "DELETE FROM dead_letters WHERE queue = ?"
+                return int(conn.execute(sql, (queue,)).rowcount)
+            removed = 0
+            for chunk in _chunks(list(job_ids)):
+                sql = (
+                    "DELETE FROM dead_letters WHERE queue = ? "
+                    f"AND job_id IN ({_placeholders(len(chunk))})"
+                )
+                removed += conn.execute(sql, (queue, *chunk)).rowcount
+            return removed
+
+    def unschedule(self, job_id: str, now: float) -> ScheduledJob | None:
+        """Remove and return the entry of ``job_id`` unless a mover holds it claimed.
+
+        A claimed entry's claimable time is the end of its lease, past its due time.
+        """
+        with self._transaction() as conn:
+            row = conn.execute(_UNSCHEDULE, (job_id, now)).fetchone()
+        return None if row is None else ScheduledJob(*row)
+
+    def cancel(self, job_id: str, cancelled_at: float) -> None:
+        """Add ``job_id`` to the cancelled ids and move their version on, in one transaction."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO cancelled (job_id, cancelled_at) VALUES (?, ?)",
+                (job_id, cancelled_at),
+            )
+            conn.execute(_BUMP_CANCEL_VERSION)
+
+    def uncancel(self, job_ids: Iterable[str]) -> None:
+        """Remove ids from the cancelled ids (moving the version on if any was there)."""
+        ids = list(job_ids)
+        if not ids:
+            return
+        with self._transaction() as conn:
+            removed = 0
+            for chunk in _chunks(ids):
+                sql = f"DELETE FROM cancelled WHERE job_id IN ({_placeholders(len(chunk))})"
+                removed += conn.execute(sql, chunk).rowcount
+            if removed:
+                conn.execute(_BUMP_CANCEL_VERSION)
+
+    def cancellations(self, known_version: int | None) -> tuple[int, frozenset[str] | None]:
+        """The version of the cancelled ids, and the ids unless that is ``known_version``.
+
+        The version is read first: ids read after it are never older than it.
+        """
+        conn = self._connections.get()
+        row = conn.execute("SELECT value FROM counters WHERE name = 'cancelled'").fetchone()
+        version = 0 if row is None else int(row[0])
+        if version == known_version:
+            return version, None
+        cutoff = time.time() - self.retention_seconds
+        rows = conn.execute("SELECT job_id FROM cancelled WHERE cancelled_at > ?", (cutoff,))
+        return version, frozenset(job_id for (job_id,) in rows)
 
     def close(self) -> None:
         """Close every thread's connection; a later call opens new ones."""

@@ -30,12 +30,15 @@ from uno_jobs.broker import (
     level_queues,
 )
 from uno_jobs.config import resolve_allowed_modules, resolve_broker_url, resolve_store_url
+from uno_jobs.dead_letters import CANCELLED_DETAIL
 from uno_jobs.errors import (
     ForbiddenTaskError,
     MessageError,
+    SkipJob,
     UnknownTaskError,
     WorkerStateError,
 )
+from uno_jobs.logs import job_context
 from uno_jobs.message import (
     PRIORITY_LEVELS,
     Message,
@@ -48,8 +51,11 @@ from uno_jobs.plugins import get_plugins
 from uno_jobs.schedule import DueJobMover
 from uno_jobs.store import JobStatus, JobStore, JobUpdate, open_store
 from uno_jobs.tasks import Task, TaskResolver, get_default_registry
+from uno_jobs.tracing import consumer_span, fail_span, messaging_system, tracing_enabled
+from uno_jobs.worker._cancels import CancelWatch
 from uno_jobs.worker._deadletter import DeadLetterer
 from uno_jobs.worker._executors import Executor, JobTimeLimitExceeded, WorkerLostError
+from uno_jobs.worker._observe import Observer
 from uno_jobs.worker._options import WorkerOptions, build_options
 from uno_jobs.worker._outcomes import Outcomes, RetryDecider
 from uno_jobs.worker._recorder import Entry, Recorder
@@ -122,6 +128,10 @@ class BaseWorker:
         self._executor: Executor | None = None
         self._mover: DueJobMover | None = None
         self._dead: DeadLetterer | None = None
+        self._cancels = CancelWatch()
+        self._observer = Observer(self)
+        self._events = self._observer.events
+        self._system = "?"  # messaging.system of the broker, once connected
         self._outcomes: Outcomes | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: deque[Delivery] = deque()
@@ -157,15 +167,22 @@ class BaseWorker:
         self._idle.set()
         self._stopped = asyncio.Event()
         try:
+            self._observer.prepare()
             await asyncio.to_thread(self._open)
         except BaseException:
             self.state = WorkerState.STOPPED
             self._stopped.set()
             await asyncio.to_thread(self._close_resources)
+            await asyncio.to_thread(self._observer.stop)
             raise
         self.stats.restart()
         get_plugins().worker_boot(self)
         self.state = WorkerState.RUNNING
+        try:
+            self._observer.start()
+        except BaseException:
+            await self.shutdown(wait=False)
+            raise
         self._fill_slots()
         log.info(
             "worker %s consuming %s on %s (concurrency %d)",
@@ -183,11 +200,13 @@ class BaseWorker:
         self._recorder.start()
         self._executor = self.make_executor()
         window = self.concurrency + (opts.batch_size if opts.prefetch else 0)
-        self._consumer = self._broker.consumer(
+        self._consumer = consumer = self._broker.consumer(
             self._levels, window, self._on_delivery, self.worker_id, opts.heartbeat_interval
         )
+        self.stats.count_invalid_envelopes(lambda: consumer.invalid_envelopes)
         self._warn_about_consumer_timeout()
-        self._dead = DeadLetterer(self._consumer, self._recorder, self.worker_id)
+        self._system = messaging_system(self._broker.spec.kind)
+        self._dead = DeadLetterer(self._consumer, self._recorder, self.worker_id, self._events)
         self._outcomes = Outcomes(
             self._recorder, self._consumer, self._dead, self.stats, self.queue_name, self.worker_id
         )
@@ -297,6 +316,7 @@ class BaseWorker:
                 self.exit_code = self.exit_code or 1
         self._abandon_running()
         await asyncio.to_thread(self._close_resources)
+        await asyncio.to_thread(self._observer.stop)
         self.state = WorkerState.STOPPED
         assert self._stopped is not None
         self._stopped.set()
@@ -347,9 +367,13 @@ class BaseWorker:
         return max(held, len(self._running) + len(self._buffer)) + len(self._inbox)
 
     async def get_health(self) -> dict[str, Any]:
-        """``status, uptime, jobs_processed, failure_rate, current_jobs, last_job_completed``."""
+        """``status, uptime, jobs_processed, failure_rate, current_jobs, last_job_completed``.
+
+        ``status`` is ``healthy``, ``degraded`` or ``unhealthy`` by the rule documented in
+        ``uno_jobs.worker._observe`` (and the README); :meth:`health_reasons` says why.
+        """
         return {
-            "status": self._health_status(),
+            "status": self._observer.health()[0],
             "uptime": self.stats.uptime(),
             "jobs_processed": self.stats.processed,
             "failure_rate": round(self.stats.failure_rate, 4),
@@ -361,17 +385,14 @@ class BaseWorker:
         """The metrics of WORKERS.md "Monitoring and Health Checks" (see ``uno_jobs.metrics``)."""
         return self.stats.snapshot(active_jobs=len(self._running))
 
-    def _health_status(self) -> str:
-        if self.state in (WorkerState.STOPPED, WorkerState.INITIALIZED):
-            return "unhealthy"
-        if self._consumer is None or not self._consumer.connected:
-            return "unhealthy"
-        limit = self.options.max_failures
-        if limit and self.stats.consecutive_failures >= max(1, limit // 2):
-            return "degraded"
-        if self.state == WorkerState.PAUSED:
-            return "degraded"
-        return "healthy"
+    def health_reasons(self) -> list[str]:
+        """Why the health status is not ``healthy`` (empty when it is)."""
+        return self._observer.health()[1]
+
+    @property
+    def probe_address(self) -> tuple[str, int] | None:
+        """``(host, port)`` of the ``/livez`` and ``/readyz`` probes (``None``: off)."""
+        return self._observer.probe_address
 
     # -- deliveries ---------------------------------------------------------------------
 
@@ -390,6 +411,7 @@ class BaseWorker:
         accepting = self.state in (WorkerState.RUNNING, WorkerState.STARTING)
         while inbox:
             delivery = inbox.popleft()
+            self._cancels.arrived(delivery.tag)
             if not accepting:
                 self._hand_back(delivery)
                 continue
@@ -467,8 +489,9 @@ class BaseWorker:
         self._dead.dead_letter(run.delivery, self.queue_name, reason, detail, job_id)
 
     async def _refuse_expired_or_lost(self, run: _Run, message: Message) -> bool:
+        """Dead-letter a delivery that expired, was cancelled, or lost its worker too often."""
+        assert self._dead is not None and self._store is not None
         if message.expires is not None and _is_past(message.expires):
-            assert self._dead is not None
             self._dead.dead_letter(
                 run.delivery,
                 self.queue_name,
@@ -477,7 +500,17 @@ class BaseWorker:
                 message.id,
             )
             return True
-        if not run.delivery.redelivered or self._store is None:
+        # One store read serves every delivery that arrived before it (see CancelWatch).
+        if await self._cancels.is_cancelled(self._store, message.id, run.delivery.tag):
+            self._dead.dead_letter(
+                run.delivery,
+                self.queue_name,
+                "cancelled",
+                CANCELLED_DETAIL,
+                message.id,
+            )
+            return True
+        if not run.delivery.redelivered:
             return False
         record = await asyncio.to_thread(self._store.get, message.id)
         if record is None:
@@ -489,40 +522,89 @@ class BaseWorker:
         return self._outcomes.dead_if_lost_too_often(run.delivery, message)
 
     async def _execute(self, run: _Run, message: Message, task: Task[..., Any]) -> None:
-        assert self._executor is not None and self._outcomes is not None
-        outcomes = self._outcomes
+        """Run one attempt, inside its ``process {queue}`` span when tracing is on.
+
+        Every line logged meanwhile (the task's too) carries the job's fields (``logs``).
+        """
         started = time.time()
         self.stats.job_started(message.enqueued_at, started)
+        events = self._events
+        enqueued = message.enqueued_at
+        wait = None if enqueued is None else max(0.0, started - enqueued)
+        events.job_started(self.queue_name, message.task, wait)
+        t0 = time.perf_counter()
+        outcome = "abandoned"  # unless the attempt ends otherwise (immediate shutdown)
+        fields = {
+            "job_id": message.id,
+            "task": message.task,
+            "attempt": message.attempt,
+            "worker_id": self.worker_id,
+            "queue": self.queue_name,
+        }
+        try:
+            with job_context(fields):
+                if not tracing_enabled():
+                    outcome, _ = await self._attempt(run, message, task, started)
+                    return
+                with consumer_span(
+                    self._system,
+                    self.queue_name,
+                    message.id,
+                    message.task,
+                    message.attempt,
+                    message.extra_headers,
+                ) as span:
+                    outcome, error = await self._attempt(run, message, task, started)
+                    span.set_attribute("uno_jobs.outcome", outcome)
+                    if error is not None:
+                        fail_span(span, error)
+        finally:
+            events.job_finished(self.queue_name, message.task, outcome, time.perf_counter() - t0)
+
+    async def _attempt(
+        self, run: _Run, message: Message, task: Task[..., Any], started: float
+    ) -> tuple[str, BaseException | None]:
+        """Middleware, task, outcome; returns the outcome (``events.OUTCOMES``) and error."""
+        assert self._executor is not None and self._outcomes is not None
+        outcomes = self._outcomes
         outcomes.running(message, started)
         view = self._job_view(message) if self._middleware else None
         timeout = _effective_timeout(task.timeout, self.options.max_job_duration)
         t0 = time.perf_counter()
         try:
             if view is not None:
-                await self._middleware.before_execution(view, task.func)
+                try:
+                    await self._middleware.before_execution(view, task.func)
+                except SkipJob as skip:
+                    if run.discarded:
+                        return "abandoned", None
+                    outcomes.skipped(run.delivery, message, skip)
+                    return "skipped", None
             result = await self._executor.run(task, message.args, message.kwargs, timeout)
             if view is not None:
                 result = await self._middleware.after_execution(view, task.func, result)
         except WorkerLostError as exc:
-            if not run.discarded:
-                outcomes.worker_lost(run.delivery, message, str(exc))
-            return
+            if run.discarded:
+                return "abandoned", None
+            outcomes.worker_lost(run.delivery, message, str(exc))
+            return "worker_lost", exc
         except (Exception, JobTimeLimitExceeded) as exc:
             if run.discarded:
-                return
+                return "abandoned", None
             if view is not None:
                 await self._middleware.on_error(view, task.func, exc)
             duration = time.perf_counter() - t0
-            delay = self._retries.delay(task, message, exc)
-            if delay is None:
-                outcomes.failed(run.delivery, message, exc, duration)
+            decision = self._retries.decide(task, message, exc)
+            if decision.delay is None:
+                outcomes.failed(run.delivery, message, exc, duration, decision.why)
                 self._check_max_failures()
-            else:
-                outcomes.retry(run.delivery, message, exc, delay, duration)
-            return
+                return "failed", exc
+            outcomes.retry(run.delivery, message, exc, decision.delay, duration)
+            return "retried", exc
         if run.discarded:
-            return
+            return "abandoned", None
         outcomes.succeeded(run.delivery, message, result, time.perf_counter() - t0)
+        return "succeeded", None
 
     def _check_max_failures(self) -> None:
         limit = self.options.max_failures

@@ -7,7 +7,8 @@ broker or the job store.
 
 The parent and the child talk over one duplex pipe, in pickled tuples::
 
-    parent → child   ("run", name, module, qualname, args, kwargs)    None: exit
+    parent → child   ("run", name, module, qualname, args, kwargs, trace carrier)
+                     None: exit
     child → parent   ("ready", pid, warnings)      ("boot_error", traceback text)
                      ("ok", result, rss_bytes)
                      ("error", pickled exception or None, module, qualname, message,
@@ -33,6 +34,8 @@ from multiprocessing import parent_process
 from multiprocessing.connection import Connection
 from typing import Any
 
+from uno_jobs.tracing import configure_sdk, shutdown_sdk, use_context
+
 __all__ = ["ChildBoot", "serve"]
 
 log = logging.getLogger("uno_jobs.worker.child")
@@ -53,6 +56,9 @@ class ChildBoot:
         parent_pid: The worker process; the child exits when it is gone.
         log_level: The parent's root log level, used if the boot hook sets up no logging.
         measure_memory: Report the resident set size with every answer.
+        configure_tracing: The parent installed the OpenTelemetry SDK from the ``OTEL_*``
+            variables (``uno_jobs.tracing.configure_sdk``): the child does the same, so the
+            spans its tasks open are exported too.
     """
 
     modules: tuple[str, ...]
@@ -60,6 +66,7 @@ class ChildBoot:
     parent_pid: int
     log_level: int
     measure_memory: bool
+    configure_tracing: bool = False
 
 
 def serve(conn: Connection, boot: ChildBoot) -> None:
@@ -75,8 +82,15 @@ def serve(conn: Connection, boot: ChildBoot) -> None:
     except BaseException:
         _send_quietly(conn, ("boot_error", traceback.format_exc()))
         return
-    if not _send_quietly(conn, ("ready", os.getpid(), warnings)):
-        return
+    try:
+        if _send_quietly(conn, ("ready", os.getpid(), warnings)):
+            _serve_jobs(conn, runner)
+    finally:
+        # A child ends with os._exit (no atexit handlers): export its spans now.
+        shutdown_sdk()
+
+
+def _serve_jobs(conn: Connection, runner: _Runner) -> None:
     while True:
         try:
             request = conn.recv()
@@ -129,6 +143,8 @@ def _boot(boot: ChildBoot) -> list[str]:
             warnings.append(f"cannot import {name!r}: {type(exc).__name__}: {exc}")
     from uno_jobs.plugins import get_plugins
 
+    if boot.configure_tracing:
+        configure_sdk()
     get_plugins().child_boot()
     root = logging.getLogger()
     if not root.handlers:
@@ -150,12 +166,14 @@ class _Runner:
         self._measure = boot.measure_memory
 
     def run(self, request: tuple[Any, ...]) -> tuple[Any, ...]:
-        _, name, module, qualname, args, kwargs = request
+        _, name, module, qualname, args, kwargs, carrier = request
         try:
             func = self._function(name, module, qualname)
-            result = func(*args, **kwargs)
-            if asyncio.iscoroutine(result):
-                result = asyncio.run(result)
+            # Spans the task opens nest under the worker's "process {queue}" span.
+            with use_context(carrier):
+                result = func(*args, **kwargs)
+                if asyncio.iscoroutine(result):
+                    result = asyncio.run(result)
         except BaseException as exc:  # SystemExit and KeyboardInterrupt are task errors here
             return _error_answer(exc, self._rss())
         return ("ok", result, self._rss())

@@ -1,4 +1,10 @@
-"""Dead-lettering a delivery that cannot be run: record it, publish it to ``q.dead``, ack."""
+"""Dead letters: record the job and its dead-letter entry, publish it to ``q.dead``, ack.
+
+Two kinds of job end there: a message that cannot be run (status ``dead``: unknown task,
+undecodable, expired, cancelled, lost its worker too often...) and a job whose last
+attempt failed (status ``failed``, reason ``max_retries_exceeded`` or ``timeout``). Both
+go through :class:`DeadLetterer`, the only publisher of dead letters.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import time
 import uuid
 
 from uno_jobs.broker import ConsumerThread, Delivery, Outgoing, dead_queue_name
+from uno_jobs.events import JobEvents
 from uno_jobs.message import Encoded, dead_letter_headers
 from uno_jobs.store import DeadLetter, JobStatus, JobUpdate
 from uno_jobs.worker._recorder import Entry, Recorder
@@ -26,8 +33,24 @@ def _raw_body(body: object) -> bytes:
     return repr(body).encode("utf-8")
 
 
+def _attempt(retries: object) -> int | None:
+    """The attempt a delivery was (Celery's ``retries`` + 1), if its header says."""
+    if isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0:
+        return retries + 1
+    return None
+
+
 class DeadLetterer:
-    def __init__(self, consumer: ConsumerThread, recorder: Recorder, worker_id: str) -> None:
+    """Sends jobs to their queue's ``q.dead`` for one worker (through its recorder)."""
+
+    def __init__(
+        self,
+        consumer: ConsumerThread,
+        recorder: Recorder,
+        worker_id: str,
+        events: JobEvents | None = None,
+    ) -> None:
+        self._events = events or JobEvents()
         self._consumer = consumer
         self._recorder = recorder
         self._worker_id = worker_id
@@ -40,10 +63,12 @@ class DeadLetterer:
         detail: str,
         job_id: str | None,
         worker_lost: int | None = None,
+        log_level: int = logging.ERROR,
     ) -> None:
         """Record the job ``dead`` with ``reason``, publish it to ``q.dead``, then ack it.
 
-        A message too broken to carry an id gets a generated one.
+        A message too broken to carry an id gets a generated one. One log line at
+        ``log_level`` shows the reason and the body cut to 1 KiB.
         """
         headers = delivery.headers
         header_id = headers.get("id")
@@ -52,7 +77,8 @@ class DeadLetterer:
         header_task = headers.get("task")
         task = header_task if isinstance(header_task, str) and header_task else "?"
         body = _raw_body(delivery.body)
-        log.error(
+        log.log(
+            log_level,
             "dead-lettering job %s (task %s) on %s: %s: %s; body: %r",
             job_id,
             task,
@@ -63,7 +89,9 @@ class DeadLetterer:
             extra={
                 "job_id": job_id,
                 "task": task,
+                "attempt": _attempt(headers.get("retries")),
                 "worker_id": self._worker_id,
+                "queue": queue,
                 "dead_reason": reason,
             },
         )
@@ -77,10 +105,43 @@ class DeadLetterer:
         }
         if worker_lost is not None:
             fields["worker_lost"] = worker_lost
+        self._events.job_dead_lettered(queue, task, reason)
+        self._send(delivery, queue, job_id, task, reason, detail, fields, now)
+
+    def failed(
+        self,
+        delivery: Delivery,
+        queue: str,
+        job_id: str,
+        task: str,
+        reason: str,
+        detail: str,
+        fields: dict[str, object],
+    ) -> None:
+        """A job that failed for good: record ``fields`` (its ``failed`` status and error)
+        with ``dead_reason`` and a dead-letter entry ``reason``, publish the message to
+        ``q.dead``, then ack it. The caller has logged the failure.
+        """
+        now = time.time()
+        fields = {**fields, "dead_reason": reason}
+        self._send(delivery, queue, job_id, task, reason, detail, fields, now)
+
+    def _send(
+        self,
+        delivery: Delivery,
+        queue: str,
+        job_id: str,
+        task: str,
+        reason: str,
+        detail: str,
+        fields: dict[str, object],
+        now: float,
+    ) -> None:
+        headers = delivery.headers
         outgoing = Outgoing(
             dead_queue_name(queue),
             Encoded(
-                body=body,
+                body=_raw_body(delivery.body),
                 headers=dead_letter_headers(headers, reason=reason, error=detail, dead_at=now),
                 properties={"correlation_id": job_id},
                 content_type=delivery.content_type or "application/octet-stream",

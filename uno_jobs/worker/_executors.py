@@ -8,6 +8,7 @@ everything in a fixed pool of threads (a coroutine task gets its own event loop 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ctypes
 import functools
 import queue
@@ -117,7 +118,8 @@ class _DaemonThreadPool:
     def submit(self, call: Callable[[], Any]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._calls.put((call, loop, future))
+        # The caller's context (its current trace span) goes with the call to the thread.
+        self._calls.put((functools.partial(contextvars.copy_context().run, call), loop, future))
         return future
 
     def _serve(self) -> None:

@@ -51,6 +51,11 @@ class WorkerOptions(BaseModel):
     allowed_modules: list[str] | None = None
     registry: TaskRegistry | None = None
     retry_policy: Any = "fixed"
+    #: Metrics exporters by name (plugins' ``uno_jobs_metrics_exporters``) or as objects.
+    metrics_exporters: list[Any] = Field(default_factory=list)
+    #: Serve ``/livez`` and ``/readyz`` on this port (``None``: off; 0: any free port).
+    probe_port: int | None = Field(None, ge=0, le=65535)
+    probe_host: str = "127.0.0.1"
 
     @field_validator("middleware")
     @classmethod

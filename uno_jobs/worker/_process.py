@@ -35,7 +35,9 @@ from typing import Any, ClassVar, cast
 from pydantic import Field
 
 from uno_jobs.errors import WorkerStateError
+from uno_jobs.plugins import get_plugins
 from uno_jobs.tasks import Task
+from uno_jobs.tracing import current_carrier, sdk_configured, tracing_enabled
 from uno_jobs.worker._base import BaseWorker
 from uno_jobs.worker._child import ChildBoot, serve
 from uno_jobs.worker._executors import Executor, JobTimeLimitExceeded, WorkerLostError
@@ -339,6 +341,10 @@ class ProcessExecutor(Executor):
     def _on_exit(self, child: _Child) -> None:
         with self._lock:
             self._children.discard(child)
+        try:
+            get_plugins().child_exited(child.pid)
+        except Exception:  # a plugin's clean-up must not stop the pool replacing the child
+            log.exception("uno_jobs_child_exited hook for child pid %d raised", child.pid)
         if child.retired:
             return
         child.retired = True
@@ -394,6 +400,7 @@ class ProcessExecutor(Executor):
             getattr(func, "__qualname__", None),
             args,
             kwargs,
+            current_carrier() if tracing_enabled() else None,
         )
         loop = asyncio.get_running_loop()
         while True:
@@ -542,6 +549,7 @@ class ProcessPoolWorker(BaseWorker):
             parent_pid=os.getpid(),
             log_level=logging.getLogger().getEffectiveLevel(),
             measure_memory=opts.max_memory_per_child_mb is not None,
+            configure_tracing=sdk_configured(),
         )
         executor = ProcessExecutor(
             self.concurrency,

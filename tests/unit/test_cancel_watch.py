@@ -1,0 +1,101 @@
+"""``CancelWatch``: the worker's copy of the cancelled ids, refreshed once per batch."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+
+import pytest
+
+from uno_jobs.store import JobStore, open_store
+from uno_jobs.worker._cancels import CancelWatch
+
+
+class CountingStore:
+    """Counts ``cancellations`` calls on a real memory store; can hold them at a gate."""
+
+    def __init__(self) -> None:
+        self.inner: JobStore = open_store(f"memory://cancel-watch-{uuid.uuid4().hex}")
+        self.calls: list[int | None] = []
+        self.fetched = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def cancellations(self, known_version: int | None) -> tuple[int, frozenset[str] | None]:
+        self.entered.set()
+        self.gate.wait(10)
+        self.calls.append(known_version)
+        version, ids = self.inner.cancellations(known_version)
+        self.fetched += ids is not None
+        return version, ids
+
+
+def check(watch: CancelWatch, store: CountingStore, job_id: str, tag: int) -> bool:
+    async def main() -> bool:
+        return await watch.is_cancelled(store, job_id, tag)  # type: ignore[arg-type]
+
+    return asyncio.run(main())
+
+
+def test_one_read_serves_every_delivery_that_arrived_before_it() -> None:
+    store, watch = CountingStore(), CancelWatch()
+    store.inner.cancel("c", time.time())
+    for tag in range(1, 51):
+        watch.arrived(tag)
+    results = [check(watch, store, f"j{tag}", tag) for tag in range(1, 51)]
+    assert not any(results)
+    assert check(watch, store, "c", 50) is True
+    assert len(store.calls) == 1
+
+
+def test_a_later_delivery_reads_again_and_only_the_version_while_nothing_changed() -> None:
+    store, watch = CountingStore(), CancelWatch()
+    watch.arrived(1)
+    assert check(watch, store, "a", 1) is False
+    watch.arrived(2)
+    assert check(watch, store, "a", 2) is False
+    assert len(store.calls) == 2 and store.fetched == 1, "the ids came once"
+    store.inner.cancel("a", time.time())
+    watch.arrived(3)
+    assert check(watch, store, "a", 3) is True
+    assert store.fetched == 2
+
+
+def test_concurrent_checks_share_one_read_and_a_delivery_after_it_waits_for_the_next() -> None:
+    store, watch = CountingStore(), CancelWatch()
+
+    async def main() -> list[bool]:
+        store.gate.clear()
+        for tag in (1, 2, 3):
+            watch.arrived(tag)
+        first = [asyncio.ensure_future(watch.is_cancelled(store, "x", t)) for t in (1, 2, 3)]  # type: ignore[arg-type]
+        assert await asyncio.to_thread(store.entered.wait, 10), "the read is in flight"
+        store.inner.cancel("x", time.time())  # made after the read began...
+        watch.arrived(4)
+        late = asyncio.ensure_future(watch.is_cancelled(store, "x", 4))  # type: ignore[arg-type]
+        store.gate.set()
+        return [*await asyncio.gather(*first), await late]
+
+    # ...so deliveries 1-3 may have missed it, delivery 4 (later) must not.
+    assert asyncio.run(main())[3] is True
+    assert len(store.calls) == 2
+
+
+def test_a_failing_read_reaches_every_waiter_and_the_next_check_reads_again() -> None:
+    store, watch = CountingStore(), CancelWatch()
+    broken = {"down": True}
+
+    def cancellations(known: int | None) -> tuple[int, frozenset[str] | None]:
+        if broken["down"]:
+            raise ConnectionError("store is down")
+        return store.inner.cancellations(known)
+
+    store.cancellations = cancellations  # type: ignore[method-assign]
+    watch.arrived(1)
+    with pytest.raises(ConnectionError):
+        check(watch, store, "a", 1)
+    broken["down"] = False
+    assert check(watch, store, "a", 1) is False

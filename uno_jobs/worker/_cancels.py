@@ -1,0 +1,79 @@
+"""The worker's copy of the store's cancelled job ids.
+
+``Queue.cancel`` writes the id into the store (with a version counter that moves on) before
+it returns. A job whose ``cancel()`` returned before its delivery must not run, so before
+a delivery starts the worker needs a look at the store taken *after* the delivery arrived.
+Asking the store for every job would cost a round trip per job; instead one refresh serves
+every delivery that arrived before it began, and it is one cheap read of the version
+while nothing changed (the ids come only when the version moved on).
+
+Delivery tags grow in the order the consumer thread received the messages, and the event
+loop tells this object the newest tag it took from its inbox (``arrived``). A refresh
+remembers the newest tag it covers: it began after that delivery was received, so it saw
+every cancellation that was made before. A delivery with a newer tag waits for the next
+refresh. The store is read in a thread (``asyncio.to_thread``), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from uno_jobs.store import JobStore
+
+__all__ = ["CancelWatch"]
+
+
+class CancelWatch:
+    """Cancelled ids as of the last refresh, and which deliveries that refresh covers.
+
+    Used from the event loop only.
+    """
+
+    def __init__(self) -> None:
+        self._ids: frozenset[str] = frozenset()
+        self._version: int | None = None
+        self._latest = 0  # the newest delivery tag the event loop has taken
+        self._covered = 0  # deliveries up to this tag arrived before the last refresh began
+        self._refresh: asyncio.Task[None] | None = None
+
+    def arrived(self, tag: int) -> None:
+        """Note a delivery taken from the inbox (tags grow in the order of receipt)."""
+        if tag > self._latest:
+            self._latest = tag
+
+    async def is_cancelled(self, store: JobStore, job_id: str, tag: int) -> bool:
+        """Whether ``job_id`` was cancelled before its delivery ``tag`` arrived.
+
+        Waits for a refresh that began after the delivery arrived, unless one did already;
+        concurrent callers share it.
+
+        Raises:
+            Exception: whatever the store raised (the delivery is handed back).
+        """
+        self.arrived(tag)  # it has, whether or not the inbox said so
+        while self._covered < tag:
+            refresh = self._refresh
+            if refresh is None:
+                refresh = asyncio.ensure_future(self._fetch(store))
+                refresh.add_done_callback(_retrieve)
+                self._refresh = refresh
+            # Shielded: a job cancelled while it waits must not cancel the shared refresh.
+            await asyncio.shield(refresh)
+        return job_id in self._ids
+
+    async def _fetch(self, store: JobStore) -> None:
+        covers = self._latest
+        try:
+            version, ids = await asyncio.to_thread(store.cancellations, self._version)
+        finally:
+            self._refresh = None
+        if ids is not None:
+            self._ids = ids
+        self._version = version
+        self._covered = max(self._covered, covers)
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Mark a failed refresh's error as seen: every waiter got it already."""
+    if not task.cancelled():
+        task.exception()
