@@ -52,24 +52,45 @@ class JobEvents:
         """A message went to the dead letters without running (its ``reason``)."""
 
 
+_METHODS = (
+    "worker_started",
+    "worker_stopped",
+    "job_enqueued",
+    "job_started",
+    "job_finished",
+    "job_dead_lettered",
+)
+
+
 class EventHub(JobEvents):
-    """Calls every listener in turn; a listener that raises is logged and skipped."""
+    """Calls every listener in turn; a listener that raises is logged and skipped.
+
+    Only the methods a listener overrides are called (the per-job path of a worker with
+    no exporter calls one method per event).
+    """
 
     def __init__(self, listeners: Sequence[JobEvents] = ()) -> None:
-        self.listeners: list[JobEvents] = list(listeners)
+        self.listeners: list[JobEvents] = []
         self._reported: set[tuple[int, str]] = set()
+        self._calls: dict[str, list[Any]] = {name: [] for name in _METHODS}
+        for listener in listeners:
+            self.add(listener)
 
     def __bool__(self) -> bool:
         return bool(self.listeners)
 
     def add(self, listener: JobEvents) -> None:
         self.listeners.append(listener)
+        for name in _METHODS:
+            if getattr(type(listener), name, None) is not getattr(JobEvents, name):
+                self._calls[name].append(getattr(listener, name))
 
     def _call(self, method: str, *args: Any) -> None:
-        for listener in self.listeners:
+        for bound in self._calls[method]:
             try:
-                getattr(listener, method)(*args)
+                bound(*args)
             except Exception:
+                listener = bound.__self__
                 key = (id(listener), method)
                 if key not in self._reported:
                     self._reported.add(key)

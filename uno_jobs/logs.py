@@ -15,11 +15,9 @@ to a line that has them, :class:`JsonFormatter` writes one JSON object per line
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import json
 import logging
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -40,14 +38,24 @@ _current: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar
 )
 
 
-@contextlib.contextmanager
-def job_context(fields: dict[str, Any]) -> Iterator[None]:
-    """Attach ``fields`` (a subset of :data:`JOB_FIELDS`) to the records logged inside."""
-    token = _current.set(fields)
-    try:
-        yield
-    finally:
-        _current.reset(token)
+class job_context:
+    """Attach ``fields`` (a subset of :data:`JOB_FIELDS`) to the records logged inside.
+
+    (A class rather than a generator: it is on the per-job path.)
+    """
+
+    __slots__ = ("_fields", "_token")
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self._fields = fields
+        self._token: contextvars.Token[dict[str, Any] | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _current.set(self._fields)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _current.reset(self._token)
 
 
 class JobContextFilter(logging.Filter):

@@ -74,9 +74,21 @@ def tracing_enabled() -> bool:
     return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
 
+_cached: tuple[object, trace.Tracer] | None = None
+
+
 def _tracer() -> trace.Tracer:
-    # Looked up per call: the application may install its provider after importing us.
-    return trace.get_tracer(_TRACER_NAME)
+    """uno_jobs' tracer from the current provider (cached while the provider stays).
+
+    The application may install its provider after importing us, so the provider is
+    checked on every call; ``get_tracer`` itself costs several microseconds in the SDK.
+    """
+    global _cached
+    provider = trace.get_tracer_provider()
+    cached = _cached
+    if cached is None or cached[0] is not provider:
+        cached = _cached = (provider, provider.get_tracer(_TRACER_NAME))
+    return cached[1]
 
 
 def _base_attributes(system: str, queue: str, job_id: str, operation: str) -> dict[str, Any]:
@@ -95,9 +107,15 @@ def inject_context(headers: MutableMapping[str, Any], span: Span) -> None:
 
 
 def extract_context(headers: MutableMapping[str, Any] | dict[str, Any]) -> otel_context.Context:
-    """The context carried by a message's headers (empty when it carries none)."""
-    carrier = {k: v for k, v in headers.items() if isinstance(v, str)}
-    return propagate.extract(carrier)
+    """The context carried by a message's headers (empty when it carries none).
+
+    Headers come from any producer: a malformed ``traceparent`` (not a string, say) gives
+    an empty context rather than an error.
+    """
+    try:
+        return propagate.extract(headers)
+    except Exception:
+        return otel_context.Context()
 
 
 def producer_span(
@@ -122,37 +140,51 @@ def fail_span(span: Span, exc: BaseException) -> None:
         span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
 
 
-@contextlib.contextmanager
-def consumer_span(
-    system: str,
-    queue: str,
-    job_id: str,
-    task: str,
-    attempt: int,
-    headers: MutableMapping[str, Any] | dict[str, Any],
-) -> Iterator[Span]:
+class consumer_span:
     """The CONSUMER span ``process {queue}`` of one execution, current while it is open.
 
     Its parent is the producer span found in ``headers`` (when there is one), and it links
     to it too. The caller sets ``uno_jobs.outcome`` and calls :func:`fail_span` on errors;
-    the span ends when the block exits.
+    the span ends when the block exits. (A class rather than a generator: it is on the
+    per-job path.)
     """
-    parent = extract_context(headers)
-    producer = trace.get_current_span(parent).get_span_context()
-    links = [Link(producer)] if producer.is_valid else None
-    attributes = _base_attributes(system, queue, job_id, "process")
-    attributes["uno_jobs.task"] = task
-    attributes["uno_jobs.attempt"] = attempt
-    with _tracer().start_as_current_span(
-        f"process {queue}",
-        context=parent,
-        kind=SpanKind.CONSUMER,
-        links=links,
-        attributes=attributes,
-        record_exception=False,
-        set_status_on_exception=False,
-    ) as span:
-        yield span
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(
+        self,
+        system: str,
+        queue: str,
+        job_id: str,
+        task: str,
+        attempt: int,
+        headers: MutableMapping[str, Any] | dict[str, Any],
+    ) -> None:
+        parent = extract_context(headers)
+        producer = trace.get_current_span(parent).get_span_context()
+        links = [Link(producer)] if producer.is_valid else None
+        attributes = _base_attributes(system, queue, job_id, "process")
+        attributes["uno_jobs.task"] = task
+        attributes["uno_jobs.attempt"] = attempt
+        self._span = _tracer().start_span(
+            f"process {queue}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
+        self._token: object | None = None
+
+    def __enter__(self) -> Span:
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            otel_context.detach(self._token)  # type: ignore[arg-type]
+        self._span.end()
 
 
 @contextlib.contextmanager

@@ -114,3 +114,16 @@ def test_configure_sdk_needs_an_endpoint(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     assert tracing.configure_sdk("svc") is False
+
+
+def test_malformed_trace_headers_start_a_new_trace(spans: InMemorySpanExporter) -> None:
+    for headers in ({"traceparent": 12345}, {"traceparent": ["x", None]}, {"tracestate": {}}):
+        with tracing.consumer_span("redis", "q", "j", "t", 1, headers):
+            pass
+    assert [s.parent for s in spans.get_finished_spans()] == [None, None, None]
+
+
+def test_tracer_is_cached_per_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tracing, "_cached", None)
+    first = tracing._tracer()
+    assert tracing._tracer() is first

@@ -555,9 +555,10 @@ class BaseWorker:
                     message.extra_headers,
                 ) as span:
                     outcome, error = await self._attempt(run, message, task, started)
-                    span.set_attribute("uno_jobs.outcome", outcome)
-                    if error is not None:
-                        fail_span(span, error)
+                    if span.is_recording():
+                        span.set_attribute("uno_jobs.outcome", outcome)
+                        if error is not None:
+                            fail_span(span, error)
         finally:
             events.job_finished(self.queue_name, message.task, outcome, time.perf_counter() - t0)
 
