@@ -397,10 +397,11 @@ class PrometheusExporter(JobEvents):
             )
         series[0].inc()
         series[1].observe(duration_seconds)
-        running = self._running.get((queue, task), 0)
+        key = (queue, task)
+        running = self._running.get(key, 0)
         if running:
-            self._running[(queue, task)] = running - 1
-            self._m.in_progress.labels(queue, task).dec()
+            self._running[key] = running - 1
+            self._started[key][1].dec()
 
     def job_dead_lettered(self, queue: str, task: str, reason: str) -> None:
         child = self._dead.get((queue, reason))
