@@ -57,8 +57,17 @@ def _outgoing(entry: ScheduledJob) -> tuple[Outgoing, dict[str, Any]]:
     return Outgoing(entry.routing_key, encoded), data
 
 
+#: How often each worker deletes store entries past retention (finished records, dead
+#: letters, cancellations): any worker may, the deletes are idempotent.
+PURGE_INTERVAL_SECONDS = 600.0
+
+
 class DueJobMover(threading.Thread):
-    """Publishes due scheduled jobs every ``interval`` seconds."""
+    """Publishes due scheduled jobs every ``interval`` seconds; purges expired entries.
+
+    Every ``PURGE_INTERVAL_SECONDS`` (and once soon after start) it also calls the
+    store's ``purge_expired``, so retention holds without a cron job.
+    """
 
     def __init__(self, store: JobStore, broker: Broker, interval: float, name: str) -> None:
         super().__init__(name=f"uno-scheduler-{name}", daemon=True)
@@ -66,6 +75,7 @@ class DueJobMover(threading.Thread):
         self._broker = broker
         self._interval = min(interval, 1.0)
         self._stopping = threading.Event()
+        self._next_purge = time.monotonic() + min(30.0, PURGE_INTERVAL_SECONDS)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
@@ -78,6 +88,20 @@ class DueJobMover(threading.Thread):
                     pass
             except Exception:
                 log.exception("moving due jobs failed; will retry")
+            if time.monotonic() >= self._next_purge:
+                self._next_purge = time.monotonic() + PURGE_INTERVAL_SECONDS
+                self.purge()
+
+    def purge(self) -> int:
+        """Delete the store's entries past retention now; returns how many (0 on error)."""
+        try:
+            removed = self._store.purge_expired(time.time())
+        except Exception:
+            log.exception("purging expired store entries failed; will retry")
+            return 0
+        if removed:
+            log.info("purged %d store entries past retention", removed)
+        return removed
 
     def move_due(self) -> int:
         """Publish what is due now; returns how many entries were claimed."""

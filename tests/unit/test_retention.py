@@ -33,3 +33,18 @@ def test_a_bad_environment_value_is_named(monkeypatch: pytest.MonkeyPatch, raw: 
     with pytest.raises(ConfigurationError, match=ENV_RETENTION_SECONDS) as caught:
         open_store(memory_url())
     assert repr(raw) in str(caught.value)
+
+
+def test_the_due_job_mover_purges_expired_entries() -> None:
+    """Workers enforce retention themselves: the mover calls purge_expired periodically."""
+    from unittest import mock
+
+    from uno_jobs.schedule import DueJobMover
+
+    store = mock.Mock()
+    store.purge_expired.return_value = 3
+    mover = DueJobMover(store, mock.Mock(), 0.01, "t")
+    assert mover.purge() == 3
+    store.purge_expired.assert_called_once()
+    store.purge_expired.side_effect = RuntimeError("store down")
+    assert mover.purge() == 0  # logged, the mover goes on
