@@ -15,7 +15,7 @@ worker may run it at once; if the publish fails, all of that is put back.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -28,7 +28,8 @@ from uno_jobs.broker import (
     dead_queue_name,
     level_queue_name,
 )
-from uno_jobs.message import PRIORITY_LEVELS, Encoded, dead_letter_headers, timestamp_from_iso
+from uno_jobs.message import PRIORITY_LEVELS, dead_letter_headers, timestamp_from_iso
+from uno_jobs.schedule import scheduled_message
 from uno_jobs.store import DeadLetter, JobRecord, JobStatus, JobStore, JobUpdate, ScheduledJob
 
 __all__ = ["CANCELLED_DETAIL", "DeadLetters"]
@@ -136,19 +137,12 @@ class DeadLetters:
         cancelled, so the worker that receives it when due dead-letters it.
         """
         store = self._store()
-        # The payload as ``uno_jobs.schedule.scheduled_entry`` writes it.
-        data = json.loads(entry.payload)
+        message, _ = scheduled_message(entry)
         job_id, task, queue = record.id, record.task, record.queue
         headers = dead_letter_headers(
-            data["headers"], reason="cancelled", error=CANCELLED_DETAIL, dead_at=now
+            message.headers, reason="cancelled", error=CANCELLED_DETAIL, dead_at=now
         )
-        dead = Encoded(
-            body=data["body"].encode("utf-8"),
-            headers=headers,
-            properties={"correlation_id": job_id},
-            content_type=data["content_type"],
-            content_encoding=data["content_encoding"],
-        )
+        dead = dataclasses.replace(message, headers=headers, properties={"correlation_id": job_id})
         try:
             self._broker.publish([Outgoing(dead_queue_name(queue), dead)])
         except BaseException:

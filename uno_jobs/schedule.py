@@ -45,7 +45,8 @@ def scheduled_entry(
     return ScheduledJob(job_id, routing_key, due_at, json.dumps(payload, separators=(",", ":")))
 
 
-def _outgoing(entry: ScheduledJob) -> tuple[Outgoing, dict[str, Any]]:
+def scheduled_message(entry: ScheduledJob) -> tuple[Encoded, dict[str, Any]]:
+    """The message a schedule entry holds, and the entry's other fields (task, queue)."""
     data = json.loads(entry.payload)
     encoded = Encoded(
         body=data["body"].encode("utf-8"),
@@ -54,6 +55,11 @@ def _outgoing(entry: ScheduledJob) -> tuple[Outgoing, dict[str, Any]]:
         content_type=data["content_type"],
         content_encoding=data["content_encoding"],
     )
+    return encoded, data
+
+
+def _outgoing(entry: ScheduledJob) -> tuple[Outgoing, dict[str, Any]]:
+    encoded, data = scheduled_message(entry)
     return Outgoing(entry.routing_key, encoded), data
 
 

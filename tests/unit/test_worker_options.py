@@ -277,3 +277,13 @@ def test_amqp_broker_without_store_uses_the_embedded_store(
 def test_constructing_a_worker_touches_nothing(clean_env: Path) -> None:
     AsyncWorker(broker_url="amqp://guest:guest@127.0.0.1:1//")
     assert not clean_env.exists(), "nothing is created before start()"
+
+
+def test_an_empty_registry_is_used_as_given() -> None:
+    """An empty TaskRegistry (falsy) must not fall back to the default registry."""
+    from uno_jobs import TaskRegistry
+    from uno_jobs.worker import AsyncWorker
+
+    empty = TaskRegistry()
+    worker = AsyncWorker(queue_name="q", broker_url="memory://", registry=empty)
+    assert worker._resolver.registry is empty

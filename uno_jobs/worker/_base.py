@@ -113,7 +113,7 @@ class BaseWorker:
         )
         self._retries = RetryDecider(opts.retry_policy)
         self._resolver = TaskResolver(
-            opts.registry or get_default_registry(),
+            opts.registry if opts.registry is not None else get_default_registry(),
             resolve_allowed_modules(opts.allowed_modules),
         )
         self.state = WorkerState.INITIALIZED
