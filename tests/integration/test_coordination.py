@@ -250,3 +250,54 @@ def test_options_and_commands_are_checked(cluster: str) -> None:
             await coordinator.stop()
 
     run(main)
+
+
+def test_distributed_workers_hand_leadership_over_on_shutdown(
+    cluster: str, queue_name: str
+) -> None:
+    from uno_jobs.worker import DistributedWorker
+
+    def make(worker_id: str) -> DistributedWorker:
+        return DistributedWorker(
+            queue_name=queue_name,
+            worker_id=worker_id,
+            cluster_id=cluster,
+            coordinator_url=URL,
+            cluster_heartbeat_interval=1.0,
+        )
+
+    async def main() -> None:
+        first, second = make("d1"), make("d2")
+        await first.start()
+        await second.start()
+        try:
+            members = await first.coordinator.members()
+            assert [(m.worker_id, m.type, m.leader) for m in members] == [
+                ("d1", "DistributedWorker", True),
+                ("d2", "DistributedWorker", False),
+            ]
+            twin = make("d1")
+            with pytest.raises(WorkerIdInUseError):
+                await twin.start()
+            assert twin.state == "initialized"  # refused before it consumed anything
+            t0 = time.monotonic()
+            await first.shutdown()
+            # Woken by the hand-over, not by its next heartbeat a second later.
+            await async_wait_until(lambda: second.coordinator.is_leader, timeout=0.9)
+            assert time.monotonic() - t0 < 0.9
+            members = await second.coordinator.members()
+            assert [(m.worker_id, m.leader) for m in members] == [("d2", True)]
+        finally:
+            await first.shutdown(wait=False)
+            await second.shutdown(wait=False)
+
+    run(main)
+
+
+def test_distributed_worker_options_are_checked(cluster: str) -> None:
+    from uno_jobs.worker import DistributedWorker
+
+    with pytest.raises(ConfigurationError, match="'cluster_hearbeat'"):
+        DistributedWorker(cluster_id=cluster, coordinator_url=URL, cluster_hearbeat=1)
+    with pytest.raises(ConfigurationError, match="coordinator_url"):
+        DistributedWorker(cluster_id=cluster, broker_url="embedded://")

@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis.exceptions import RedisError
 
-from uno_jobs.config import redact_url
+from uno_jobs.config import redact_url, resolve_cluster_key_prefix
 from uno_jobs.coordination._scripts import (
     ALL,
     CLAIM_ID,
@@ -62,6 +62,7 @@ log = logging.getLogger("uno_jobs.coordination")
 #: The cluster-wide commands.
 ACTIONS = ("pause", "resume", "shutdown")
 DEFAULT_KEY_PREFIX = "uno_jobs:"
+_STOPPING = ("shutting_down", "stopped")
 SOCKET_TIMEOUT_SECONDS = 5.0
 
 
@@ -131,7 +132,8 @@ class WorkerCoordinator:
 
     Args:
         storage_url: ``redis://`` or ``rediss://`` URL; ``?key_prefix=`` puts the cluster's
-            keys under another prefix (default ``uno_jobs:``).
+            keys under another prefix (else ``UNO_JOBS_CLUSTER_KEY_PREFIX``, else
+            ``uno_jobs:``).
         cluster_id: The cluster's name; clusters with different ids share nothing.
         heartbeat_interval: Seconds between heartbeats.
         missed_heartbeats: A worker is dead after this many intervals without a heartbeat.
@@ -170,7 +172,9 @@ class WorkerCoordinator:
                 f"WorkerCoordinator: storage_url must be redis:// or rediss://, "
                 f"got {redact_url(storage_url)!r}"
             )
-        prefix = parse_qs(parts.query).get("key_prefix", [DEFAULT_KEY_PREFIX])[0]
+        prefix = resolve_cluster_key_prefix(
+            parse_qs(parts.query).get("key_prefix", [None])[0], DEFAULT_KEY_PREFIX
+        )
         self.storage_url = storage_url
         self.cluster_id = self.options.cluster_id
         self.heartbeat_interval = self.options.heartbeat_interval
@@ -236,8 +240,8 @@ class WorkerCoordinator:
                 return
             log.warning("cluster %s: %s lost leadership", self.cluster_id, self.node)
             self._lease = None
-        if not self._workers:
-            return  # only nodes that run workers lead
+        if all(r.worker.state in _STOPPING for r in self._workers.values()):
+            return  # only nodes that run workers lead, and not while they stop
         token = int(
             await self._acquire(
                 keys=[self._keys.leader, self._keys.leader_epoch], args=[self.node, lease_ms]

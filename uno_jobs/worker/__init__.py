@@ -3,7 +3,9 @@
 See ``../shared/spec/WORKERS.md`` for the user-facing specification.
 """
 
+from uno_jobs.coordination import WorkerCoordinator
 from uno_jobs.worker._base import BaseWorker, WorkerState
+from uno_jobs.worker._distributed import DistributedWorker, DistributedWorkerOptions
 from uno_jobs.worker._executors import JobTimeLimitExceeded
 from uno_jobs.worker._options import (
     AsyncWorkerOptions,
@@ -18,6 +20,8 @@ __all__ = [
     "AsyncWorker",
     "AsyncWorkerOptions",
     "BaseWorker",
+    "DistributedWorker",
+    "DistributedWorkerOptions",
     "JobTimeLimitExceeded",
     "ProcessPoolWorker",
     "ProcessPoolWorkerOptions",
@@ -25,6 +29,7 @@ __all__ = [
     "SyncWorkerOptions",
     "ThreadPoolWorker",
     "ThreadPoolWorkerOptions",
+    "WorkerCoordinator",
     "WorkerOptions",
     "WorkerState",
 ]
