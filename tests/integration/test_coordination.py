@@ -7,6 +7,8 @@ test share a random cluster id, and its keys are deleted afterwards.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -301,3 +303,78 @@ def test_distributed_worker_options_are_checked(cluster: str) -> None:
         DistributedWorker(cluster_id=cluster, coordinator_url=URL, cluster_hearbeat=1)
     with pytest.raises(ConfigurationError, match="coordinator_url"):
         DistributedWorker(cluster_id=cluster, broker_url="embedded://")
+
+
+def test_cli_cluster_status_and_commands(cluster: str, queue_name: str) -> None:
+    import subprocess
+    import sys
+
+    from uno_jobs.worker import DistributedWorker
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "uno_jobs.cli",
+                "cluster",
+                *args,
+                "--cluster",
+                cluster,
+                "--coordinator",
+                URL,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    async def main() -> None:
+        worker = DistributedWorker(
+            queue_name=queue_name,
+            worker_id="cli-1",
+            cluster_id=cluster,
+            coordinator_url=URL,
+            cluster_heartbeat_interval=BEAT,
+        )
+        await worker.start()
+        try:
+            status = await asyncio.to_thread(cli, "status")
+            assert status.returncode == 0, status.stderr
+            lines = status.stdout.splitlines()
+            assert lines[0].split() == [
+                "WORKER",
+                "STATE",
+                "TYPE",
+                "QUEUE",
+                "HOST",
+                "PID",
+                "JOBS",
+                "HEARTBEAT",
+                "LEADER",
+            ]
+            row = lines[1].split()
+            assert row[:4] == ["cli-1", "running", "DistributedWorker", queue_name]
+            assert row[5] == str(os.getpid()) and row[-1] == "*"
+            assert "fencing token" in status.stderr
+
+            missing = await asyncio.to_thread(cli, "pause", "nosuch")
+            assert missing.returncode == 1
+            assert f"no live worker 'nosuch' in cluster '{cluster}'" in missing.stderr
+
+            paused = await asyncio.to_thread(cli, "pause", "cli-1")
+            assert paused.returncode == 0 and "pause sent to worker cli-1" in paused.stdout
+            await async_wait_until(lambda: worker.state == "paused", timeout=BEAT * 3)
+            as_json = await asyncio.to_thread(cli, "status", "--json")
+            workers = json.loads(as_json.stdout)["workers"]
+            assert [(w["worker_id"], w["state"]) for w in workers] == [("cli-1", "paused")]
+
+            stopped = await asyncio.to_thread(cli, "shutdown")
+            assert "shutdown sent to every worker" in stopped.stdout
+            await asyncio.wait_for(worker.wait_stopped(), 10)
+            empty = await asyncio.to_thread(cli, "status")
+            assert empty.returncode == 0 and "no workers in cluster" in empty.stderr
+        finally:
+            await worker.shutdown(wait=False)
+
+    run(main)
