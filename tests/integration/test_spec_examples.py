@@ -213,6 +213,17 @@ EXAMPLES = [
         ),
     ),
     Example(
+        "worker_pool.py",
+        "Worker Pool",
+        (
+            r"^pool started with 5 member processes$",
+            r"^20 jobs ran in member processes \(\d+ of them\), none in this one$",
+            r"^metrics: \{'jobs_processed_total': 20, 'jobs_succeeded': 20, 'jobs_failed': 0,",
+            r"'workers': 5\}$",
+            r"^after shutdown: 0 members$",
+        ),
+    ),
+    Example(
         "multi_worker.py",
         "Multi-Worker Setup",
         (r"^30 jobs, each run exactly once$", r"^workers that ran jobs: [123]$"),

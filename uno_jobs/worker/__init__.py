@@ -13,6 +13,7 @@ from uno_jobs.worker._options import (
     ThreadPoolWorkerOptions,
     WorkerOptions,
 )
+from uno_jobs.worker._pool import WorkerPool, WorkerPoolOptions
 from uno_jobs.worker._process import ProcessPoolWorker, ProcessPoolWorkerOptions
 from uno_jobs.worker._types import AsyncWorker, SyncWorker, ThreadPoolWorker
 
@@ -31,5 +32,7 @@ __all__ = [
     "ThreadPoolWorkerOptions",
     "WorkerCoordinator",
     "WorkerOptions",
+    "WorkerPool",
+    "WorkerPoolOptions",
     "WorkerState",
 ]
