@@ -67,6 +67,15 @@ class DueJobMover(threading.Thread):
         self._interval = min(interval, 1.0)
         self._stopping = threading.Event()
 
+    @property
+    def interval(self) -> float:
+        """Seconds between polls."""
+        return self._interval
+
+    def set_interval(self, seconds: float) -> None:
+        """Poll every ``seconds`` from the next wait on (a cluster follower polls rarely)."""
+        self._interval = seconds
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
         self.join(timeout)

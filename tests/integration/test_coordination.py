@@ -278,6 +278,9 @@ def test_distributed_workers_hand_leadership_over_on_shutdown(
                 ("d1", "DistributedWorker", True),
                 ("d2", "DistributedWorker", False),
             ]
+            # The leader polls for due delayed jobs at full pace, the follower seldom.
+            assert first._mover is not None and second._mover is not None
+            assert (first._mover.interval, second._mover.interval) == (1.0, 10.0)
             twin = make("d1")
             with pytest.raises(WorkerIdInUseError):
                 await twin.start()
@@ -289,6 +292,7 @@ def test_distributed_workers_hand_leadership_over_on_shutdown(
             assert time.monotonic() - t0 < 0.9
             members = await second.coordinator.members()
             assert [(m.worker_id, m.leader) for m in members] == [("d2", True)]
+            assert second._mover.interval == 1.0
         finally:
             await first.shutdown(wait=False)
             await second.shutdown(wait=False)

@@ -30,6 +30,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -202,6 +203,7 @@ class WorkerCoordinator:
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Task[None]] = set()
         self._started = False
+        self._leadership_listeners: list[Callable[[bool], None]] = []
 
     def __repr__(self) -> str:
         return (
@@ -225,9 +227,23 @@ class WorkerCoordinator:
         """
         return int(self._lease.split(":", 1)[0]) if self._lease else None
 
+    def add_leadership_listener(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(True)`` when this node becomes leader, ``(False)`` when it stops."""
+        self._leadership_listeners.append(listener)
+
+    def _set_lease(self, lease: str | None) -> None:
+        was, self._lease = self._lease is not None, lease
+        if was != (lease is not None):
+            for listener in self._leadership_listeners:
+                try:
+                    listener(lease is not None)
+                except Exception:
+                    log.exception("cluster %s: a leadership listener failed", self.cluster_id)
+
     async def release_leadership(self) -> None:
         """Give the lease up now (a shutdown hands over) and wake the other nodes."""
-        lease, self._lease = self._lease, None
+        lease = self._lease
+        self._set_lease(None)
         if lease is not None:
             with contextlib.suppress(RedisError):
                 await self._release_leader(keys=[self._keys.leader, self._keys.wake], args=[lease])
@@ -239,7 +255,7 @@ class WorkerCoordinator:
             if await self._renew(keys=[self._keys.leader], args=[self._lease, lease_ms]):
                 return
             log.warning("cluster %s: %s lost leadership", self.cluster_id, self.node)
-            self._lease = None
+            self._set_lease(None)
         if all(r.worker.state in _STOPPING for r in self._workers.values()):
             return  # only nodes that run workers lead, and not while they stop
         token = int(
@@ -248,7 +264,7 @@ class WorkerCoordinator:
             )
         )
         if token:
-            self._lease = f"{token}:{self.node}"
+            self._set_lease(f"{token}:{self.node}")
             log.info("cluster %s: %s is leader (token %d)", self.cluster_id, self.node, token)
 
     # -- membership ---------------------------------------------------------------------

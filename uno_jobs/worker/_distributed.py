@@ -3,6 +3,10 @@
 It registers with a ``WorkerCoordinator`` before it consumes (so an id alive in the
 cluster is refused before any job is taken), obeys the cluster's commands, and at shutdown
 hands leadership over before it drains, then leaves the membership.
+
+Delayed jobs: the leader polls for due ones at the worker's own pace; the others poll
+``FOLLOWER_POLL_FACTOR`` times less often. They still poll, so that due jobs move when
+there is no leader (claims are atomic: DESIGN.md §2); the leader only saves polling.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from uno_jobs.coordination import WorkerCoordinator
 from uno_jobs.worker._options import AsyncWorkerOptions, WorkerOptions
 from uno_jobs.worker._types import AsyncWorker
 
-__all__ = ["DistributedWorker", "DistributedWorkerOptions"]
+__all__ = ["FOLLOWER_POLL_FACTOR", "DistributedWorker", "DistributedWorkerOptions"]
+
+FOLLOWER_POLL_FACTOR = 10
 
 
 class DistributedWorkerOptions(AsyncWorkerOptions):
@@ -65,13 +71,23 @@ class DistributedWorker(AsyncWorker):
         except BaseException:
             await self.coordinator.stop()
             raise
+        self.coordinator.add_leadership_listener(self._leading)
         try:
             await super().start()
+            self._leading(self.coordinator.is_leader)
             await self.coordinator.start()
         except BaseException:
             await super().shutdown(wait=False)
             await self.coordinator.stop()
             raise
+
+    def _leading(self, leader: bool) -> None:
+        """The leader polls for due delayed jobs at full pace, the others seldom."""
+        mover = self._mover
+        if mover is None:
+            return
+        pace = min(self.options.poll_interval, 1.0)
+        mover.set_interval(pace if leader else pace * FOLLOWER_POLL_FACTOR)
 
     async def shutdown(self, wait: bool = True) -> None:
         """Hand leadership over, stop (see ``BaseWorker.shutdown``), leave the cluster."""
