@@ -93,8 +93,10 @@ def _add_worker_command(sub: argparse._SubParsersAction[Any]) -> None:
         "-t",
         default="async",
         dest="worker_type",
-        help="worker type: sync, thread, async, process (and plugin types)",
+        help="worker type: sync, thread, async, process, distributed (and plugin types)",
     )
+    w.add_argument("--cluster", default=None, help="cluster id (--type distributed)")
+    w.add_argument("--coordinator", default=None, help="coordinator Redis URL (--type distributed)")
     w.add_argument(
         "--concurrency",
         "-c",
@@ -278,6 +280,11 @@ def _worker(args: argparse.Namespace) -> int:
                 )
         else:
             options[name] = args.concurrency
+    for flag, name in (("cluster", "cluster_id"), ("coordinator", "coordinator_url")):
+        if getattr(args, flag) is not None:
+            if name not in cls.options_model.model_fields:
+                raise ConfigurationError(f"--{flag}: only for --type distributed")
+            options[name] = getattr(args, flag)
     if args.priority_levels:
         options["priority_levels"] = [p.strip() for p in args.priority_levels.split(",")]
     if args.shutdown_timeout is not None:

@@ -382,3 +382,48 @@ def test_cli_cluster_status_and_commands(cluster: str, queue_name: str) -> None:
             await worker.shutdown(wait=False)
 
     run(main)
+
+
+def test_cli_worker_of_type_distributed_obeys_a_cluster_shutdown(
+    cluster: str, queue_name: str
+) -> None:
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "uno_jobs.cli", "worker", "--queue", queue_name]
+    wrong = subprocess.run(
+        [*command, "--type", "async", "--cluster", cluster],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert wrong.returncode == 2 and "--cluster: only for --type distributed" in wrong.stderr
+
+    where = ["--cluster", cluster, "--coordinator", URL, "--worker-id", "cli-worker"]
+    proc = subprocess.Popen(
+        [*command, "--type", "distributed", *where],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    async def main() -> None:
+        admin = _coordinator(cluster)
+        try:
+            members = await eventually(
+                admin.members, lambda ms: [m.worker_id for m in ms] == ["cli-worker"], 30
+            )
+            assert members[0].type == "DistributedWorker" and members[0].pid == proc.pid
+            await admin.shutdown("cli-worker")
+            assert await asyncio.to_thread(proc.wait, 30) == 0
+            assert await admin.members(include_dead=True) == []
+        finally:
+            await admin.stop()
+
+    try:
+        run(main)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        _, stderr = proc.communicate(timeout=30)
+    assert "shutting down cli-worker" in stderr, stderr
