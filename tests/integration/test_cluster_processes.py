@@ -162,3 +162,87 @@ def test_sigkill_of_the_leader_loses_no_job(
 async def _three_with_leader(viewer: WorkerCoordinator) -> bool:
     members = await viewer.members()
     return len(members) == len(WORKERS) and any(m.leader for m in members)
+
+
+def test_jobs_a_dead_worker_held_come_back_at_once_on_redis(
+    cluster: str, queue_name: str, uno_home: Path
+) -> None:
+    """Without the coordinator they would wait out the 60 s visibility timeout."""
+    broker, cleanup = make_broker_url("redis", visibility_timeout=60.0)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p),
+        "UNO_JOBS_BROKER_URL": broker,
+        "UNO_JOBS_HOME": str(uno_home),
+    }
+    workers = ("r1", "r2")
+    procs = {
+        w: subprocess.Popen(
+            [
+                sys.executable,
+                str(HERE / "cluster_driver.py"),
+                queue_name,
+                w,
+                cluster,
+                URL,
+                str(BEAT),
+            ],
+            env=env,
+            stdout=open(uno_home.parent / f"{w}.log", "w"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
+        for w in workers
+    }
+
+    async def main() -> None:
+        viewer = WorkerCoordinator(URL, cluster, heartbeat_interval=BEAT)
+        async with opened(queue_name, broker) as queue:
+            try:
+
+                async def both() -> bool:
+                    return len(await viewer.members()) == 2
+
+                await _until("two members", both, timeout=60)
+                # Eight jobs fill both workers' windows (2 running + 2 prefetched each).
+                jobs = [await queue.enqueue(cluster_tasks.slow, args=[n, 4.0]) for n in range(8)]
+
+                async def victim_runs_two() -> bool:
+                    member = (await _members(viewer)).get("r1")
+                    return member is not None and member.current_jobs == 2
+
+                await _until("r1 runs two jobs", victim_runs_two, timeout=30)
+                # Paused: r1 hands its prefetched jobs back and its next heartbeat reports
+                # exactly the two it runs.
+                await viewer.pause("r1")
+
+                async def victim_paused() -> bool:
+                    member = (await _members(viewer)).get("r1")
+                    return member is not None and member.state == "paused"
+
+                await _until("r1 paused", victim_paused, timeout=10)
+                procs["r1"].send_signal(signal.SIGKILL)
+                procs["r1"].wait(timeout=10)
+                t0 = time.monotonic()
+                results = [await job.wait(timeout=45) for job in jobs]
+                elapsed = time.monotonic() - t0
+                assert results == list(range(8))
+                assert elapsed < 30, elapsed  # far below the 60 s visibility timeout
+                records = [await queue.get_job(job.id) for job in jobs]
+                lost = [r for r in records if r is not None and r.worker_lost]
+                assert len(lost) == 2 and all(r.worker_id == "r2" for r in lost)
+            finally:
+                await viewer.stop()
+
+    try:
+        run(main)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        cleanup()

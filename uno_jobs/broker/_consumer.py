@@ -157,6 +157,21 @@ class ConsumerThread(threading.Thread):
     def held(self) -> int:
         return len(self._held)
 
+    def held_keys(self) -> list[str]:
+        """Redis: the kombu delivery tags of the held messages (their unacked hash keys).
+
+        Read from another thread: a copy, retried if the consumer thread changed the
+        dict meanwhile. Other brokers: empty.
+        """
+        if self.spec.kind != "redis":
+            return []
+        for _ in range(3):
+            try:
+                return [str(m.delivery_tag) for m in tuple(self._held.values())]
+            except RuntimeError:  # changed size during the copy
+                continue
+        return []
+
     @property
     def deliveries(self) -> int:
         """Messages handed to ``on_delivery`` since the thread started (redeliveries too)."""

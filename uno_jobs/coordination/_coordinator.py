@@ -30,9 +30,9 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -56,7 +56,7 @@ from uno_jobs.errors import ConfigurationError, CoordinationError, WorkerIdInUse
 if TYPE_CHECKING:
     from uno_jobs.worker import BaseWorker
 
-__all__ = ["ACTIONS", "ClusterMember", "CoordinatorOptions", "WorkerCoordinator"]
+__all__ = ["ACTIONS", "ClusterMember", "CoordinatorOptions", "Recovery", "WorkerCoordinator"]
 
 log = logging.getLogger("uno_jobs.coordination")
 
@@ -64,6 +64,32 @@ log = logging.getLogger("uno_jobs.coordination")
 ACTIONS = ("pause", "resume", "shutdown")
 DEFAULT_KEY_PREFIX = "uno_jobs:"
 _STOPPING = ("shutting_down", "stopped")
+#: The most held-message keys a heartbeat reports (a worker's window is far smaller).
+MAX_HELD_REPORTED = 1000
+
+
+class Recovery(Protocol):
+    """How the jobs a dead worker held are made deliverable at once (Redis brokers).
+
+    A worker registered with one reports ``held()`` at every heartbeat. When a coordinator
+    sweeps a dead member whose ``broker`` equals one of its own workers', it hands the
+    dead member's last report to that worker's ``restore`` (run in a thread).
+    """
+
+    @property
+    def broker(self) -> str:
+        """The broker's URL as displayed (password hidden): equal means the same broker."""
+        ...
+
+    def held(self) -> list[str]:
+        """The keys of the messages the worker holds unacknowledged."""
+        ...
+
+    def restore(self, keys: Sequence[str]) -> int:
+        """Make these messages deliverable now; returns how many were."""
+        ...
+
+
 SOCKET_TIMEOUT_SECONDS = 5.0
 
 
@@ -119,11 +145,12 @@ class ClusterMember:
 class _Registration:
     """One worker registered with this coordinator."""
 
-    __slots__ = ("commands_after", "token", "worker")
+    __slots__ = ("commands_after", "recovery", "token", "worker")
 
-    def __init__(self, worker: BaseWorker, token: str) -> None:
+    def __init__(self, worker: BaseWorker, token: str, recovery: Recovery | None) -> None:
         self.worker = worker
         self.token = token
+        self.recovery = recovery
         #: Shutdown commands up to this seq predate the registration: not for this worker.
         self.commands_after = 0
 
@@ -269,8 +296,13 @@ class WorkerCoordinator:
 
     # -- membership ---------------------------------------------------------------------
 
-    async def register_worker(self, worker: BaseWorker) -> None:
+    async def register_worker(self, worker: BaseWorker, recovery: Recovery | None = None) -> None:
         """Claim ``worker.worker_id`` in the cluster and report the worker from now on.
+
+        Args:
+            worker: The worker (any type).
+            recovery: How its held jobs are recovered if it dies, and how it recovers
+                those of dead members on the same broker (``DistributedWorker`` gives one).
 
         Raises:
             WorkerIdInUseError: a live worker of the cluster holds that id.
@@ -281,8 +313,8 @@ class WorkerCoordinator:
             raise ConfigurationError(f"worker id {ALL!r} is reserved for 'every worker'")
         if worker_id in self._workers:
             raise WorkerIdInUseError(worker_id, self.cluster_id, "registered here already")
-        registration = _Registration(worker, uuid.uuid4().hex)
-        info = await self._info(worker)
+        registration = _Registration(worker, uuid.uuid4().hex, recovery)
+        info = await self._info(registration)
         try:
             ok, detail = await self._claim(
                 keys=[self._keys.alive(worker_id), self._keys.members, self._keys.command_seq],
@@ -489,7 +521,7 @@ class WorkerCoordinator:
                 registration.token,
                 int(self.ttl_seconds * 1000),
                 worker.worker_id,
-                await self._info(worker),
+                await self._info(registration),
             ],
         )
         if held:
@@ -510,14 +542,36 @@ class WorkerCoordinator:
         if not entries:
             return
         alive = await self._client.mget([self._keys.alive(i) for i in entries])
-        dead = [i for i, token in zip(entries, alive, strict=True) if token is None]
-        if dead:
-            await self._client.hdel(self._keys.members, *dead)
-            log.warning("cluster %s: dead worker(s) removed: %s", self.cluster_id, ", ".join(dead))
+        for worker_id, token in zip(entries, alive, strict=True):
+            if token is not None:
+                continue
+            text = await self._client.hget(self._keys.members, worker_id)
+            # One coordinator wins the removal, and only it recovers the held jobs.
+            if text is None or not await self._client.hdel(self._keys.members, worker_id):
+                continue
+            log.warning("cluster %s: dead worker %s removed", self.cluster_id, worker_id)
+            await self._recover(worker_id, json.loads(_text(text)))
+
+    async def _recover(self, worker_id: str, info: dict[str, Any]) -> None:
+        held = [str(k) for k in info.get("held") or []]
+        if not held:
+            return
+        for registration in self._workers.values():
+            recovery = registration.recovery
+            if recovery is not None and recovery.broker == info.get("broker"):
+                restored = await asyncio.to_thread(recovery.restore, held)
+                log.warning(
+                    "cluster %s: %d job(s) held by dead worker %s made deliverable again",
+                    self.cluster_id,
+                    restored,
+                    worker_id,
+                )
+                return
 
     # -- helpers ------------------------------------------------------------------------
 
-    async def _info(self, worker: BaseWorker) -> str:
+    async def _info(self, registration: _Registration) -> str:
+        worker, recovery = registration.worker, registration.recovery
         current = 0
         if worker.state in ("running", "paused", "shutting_down"):
             current = int((await worker.get_health())["current_jobs"])
@@ -533,6 +587,8 @@ class WorkerCoordinator:
                 "in_flight": worker.in_flight,
                 "last_heartbeat": time.time(),
                 "node": self.node,
+                "broker": recovery.broker if recovery else None,
+                "held": recovery.held()[:MAX_HELD_REPORTED] if recovery else [],
             }
         )
 

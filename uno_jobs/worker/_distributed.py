@@ -11,11 +11,12 @@ there is no leader (claims are atomic: DESIGN.md §2); the leader only saves pol
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from pydantic import Field
 
-from uno_jobs.config import resolve_coordinator_url
+from uno_jobs.config import redact_url, resolve_coordinator_url
 from uno_jobs.coordination import WorkerCoordinator
 from uno_jobs.worker._options import AsyncWorkerOptions, WorkerOptions
 from uno_jobs.worker._types import AsyncWorker
@@ -50,6 +51,7 @@ class DistributedWorker(AsyncWorker):
         super().__init__(**options)
         opts: DistributedWorkerOptions = self.options  # type: ignore[assignment]
         self.cluster_id = opts.cluster_id
+        self._broker_display = redact_url(self.broker_url)
         self.coordinator_url = resolve_coordinator_url(opts.coordinator_url, self.broker_url)
         self.coordinator = WorkerCoordinator(
             self.coordinator_url,
@@ -67,7 +69,7 @@ class DistributedWorker(AsyncWorker):
             BrokerUnavailableError: the broker cannot be reached.
         """
         try:
-            await self.coordinator.register_worker(self)
+            await self.coordinator.register_worker(self, recovery=_BrokerRecovery(self))
         except BaseException:
             await self.coordinator.stop()
             raise
@@ -94,3 +96,19 @@ class DistributedWorker(AsyncWorker):
         await self.coordinator.release_leadership()
         await super().shutdown(wait)
         await self.coordinator.stop()
+
+
+class _BrokerRecovery:
+    """A ``Recovery`` through the worker's own broker and consumer (Redis brokers)."""
+
+    def __init__(self, worker: DistributedWorker) -> None:
+        self._worker = worker
+        self.broker = worker._broker_display
+
+    def held(self) -> list[str]:
+        consumer = self._worker._consumer
+        return consumer.held_keys() if consumer is not None else []
+
+    def restore(self, keys: Sequence[str]) -> int:
+        broker = self._worker._broker
+        return broker.restore_unacked(keys) if broker is not None else 0
