@@ -176,6 +176,7 @@ def test_jobs_a_dead_worker_held_come_back_at_once_on_redis(
         "UNO_JOBS_HOME": str(uno_home),
     }
     workers = ("r1", "r2")
+    logs = {w: open(uno_home.parent / f"{w}.log", "w") for w in workers}  # noqa: SIM115
     procs = {
         w: subprocess.Popen(
             [
@@ -188,7 +189,7 @@ def test_jobs_a_dead_worker_held_come_back_at_once_on_redis(
                 str(BEAT),
             ],
             env=env,
-            stdout=open(uno_home.parent / f"{w}.log", "w"),  # noqa: SIM115
+            stdout=logs[w],
             stderr=subprocess.STDOUT,
         )
         for w in workers
@@ -245,4 +246,6 @@ def test_jobs_a_dead_worker_held_come_back_at_once_on_redis(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for log_file in logs.values():
+            log_file.close()
         cleanup()
