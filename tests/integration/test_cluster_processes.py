@@ -164,11 +164,12 @@ async def _three_with_leader(viewer: WorkerCoordinator) -> bool:
     return len(members) == len(WORKERS) and any(m.leader for m in members)
 
 
-def test_jobs_a_dead_worker_held_come_back_at_once_on_redis(
-    cluster: str, queue_name: str, uno_home: Path
+@pytest.mark.parametrize("kind", ["redis", "embedded"])
+def test_jobs_a_dead_worker_held_come_back_at_once(
+    kind: str, cluster: str, queue_name: str, uno_home: Path
 ) -> None:
     """Without the coordinator they would wait out the 60 s visibility timeout."""
-    broker, cleanup = make_broker_url("redis", visibility_timeout=60.0)
+    broker, cleanup = make_broker_url(kind, visibility_timeout=60.0)
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p),

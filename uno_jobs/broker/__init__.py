@@ -91,19 +91,22 @@ class Broker:
         return QueueSweep(self.spec, name)
 
     def restore_unacked(self, keys: Sequence[str]) -> int:
-        """Redis: make these unacknowledged messages deliverable now; returns how many.
+        """Make a dead consumer's unacknowledged messages deliverable now; returns how many.
 
-        ``keys`` are a consumer's ``held_keys()``, reported before it died: kombu's own
-        restore (one ``WATCH``/``MULTI`` transaction per message) puts each one still in
+        ``keys`` are the consumer's ``held_keys()``, reported before it died. Redis: kombu's
+        own restore (one ``WATCH``/``MULTI`` transaction per message) puts each one still in
         the unacked hash back on its list, marked redelivered, as the visibility-timeout
-        sweep would later. Other brokers: 0 (RabbitMQ hands messages back when the
-        connection drops; the embedded broker when the lease runs out).
+        sweep would later. Embedded: the leases of the consumer's channel are cleared.
+        RabbitMQ: 0 (it hands messages back when the connection drops).
         """
-        if self.spec.kind != "redis" or not keys:
+        if self.spec.kind not in ("redis", "embedded") or not keys:
             return 0
         conn = self.spec.connection()
         try:
             channel: Any = conn.default_channel
+            if self.spec.kind == "embedded":
+                owners = [k.removeprefix("owner:") for k in keys if k.startswith("owner:")]
+                return sum(int(channel.release_owner(owner)) for owner in owners)
             restored = 0
             with channel.conn_or_acquire() as client:
                 for key in keys:

@@ -95,6 +95,7 @@ class ConsumerThread(threading.Thread):
         self._commands: deque[Callable[[], None]] = deque()
         self._commands_ready = threading.Event()
         self._held: dict[int, Any] = {}
+        self._lease_owner = ""  # the embedded channel's, set at connect
         # Acks of one command round, sent together: AMQP with ``multiple`` where possible,
         # Redis in one pipeline (``basic_ack_many`` of uno_jobs' Redis channel).
         self._acks: list[Any] = []
@@ -158,11 +159,14 @@ class ConsumerThread(threading.Thread):
         return len(self._held)
 
     def held_keys(self) -> list[str]:
-        """Redis: the kombu delivery tags of the held messages (their unacked hash keys).
+        """What identifies the held messages to ``Broker.restore_unacked``.
 
-        Read from another thread: a copy, retried if the consumer thread changed the
-        dict meanwhile. Other brokers: empty.
+        Redis: the kombu delivery tags (their unacked hash keys), a copy read from another
+        thread (retried if the consumer thread changed the dict meanwhile). Embedded: the
+        channel's lease owner, while it holds any. RabbitMQ: empty.
         """
+        if self.spec.kind == "embedded":
+            return [f"owner:{self._lease_owner}"] if self._held and self._lease_owner else []
         if self.spec.kind != "redis":
             return []
         for _ in range(3):
@@ -339,6 +343,7 @@ class ConsumerThread(threading.Thread):
             ) from None
         self._conn = conn
         channel = conn.default_channel
+        self._lease_owner = str(getattr(channel, "lease_owner", "") or "")
         queues = [kombu_queue(name)(channel) for name, _ in self._queues]
         for queue in queues:
             queue.declare()
