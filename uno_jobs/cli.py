@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_worker_command(sub)
     _add_job_commands(sub)
     _add_dead_commands(sub)
+    _add_cluster_commands(sub)
 
     from uno_jobs.plugins import get_plugins
 
@@ -92,8 +93,10 @@ def _add_worker_command(sub: argparse._SubParsersAction[Any]) -> None:
         "-t",
         default="async",
         dest="worker_type",
-        help="worker type: sync, thread, async, process (and plugin types)",
+        help="worker type: sync, thread, async, process, distributed (and plugin types)",
     )
+    w.add_argument("--cluster", default=None, help="cluster id (--type distributed)")
+    w.add_argument("--coordinator", default=None, help="coordinator Redis URL (--type distributed)")
     w.add_argument(
         "--concurrency",
         "-c",
@@ -277,6 +280,11 @@ def _worker(args: argparse.Namespace) -> int:
                 )
         else:
             options[name] = args.concurrency
+    for flag, name in (("cluster", "cluster_id"), ("coordinator", "coordinator_url")):
+        if getattr(args, flag) is not None:
+            if name not in cls.options_model.model_fields:
+                raise ConfigurationError(f"--{flag}: only for --type distributed")
+            options[name] = getattr(args, flag)
     if args.priority_levels:
         options["priority_levels"] = [p.strip() for p in args.priority_levels.split(",")]
     if args.shutdown_timeout is not None:
@@ -489,6 +497,121 @@ def _named_queue(args: argparse.Namespace, name: str) -> Any:
     from uno_jobs.queue import Queue
 
     return Queue(name, broker_url=args.broker, store_url=args.store)
+
+
+# -- cluster ----------------------------------------------------------------------------------
+
+
+def _add_cluster_commands(sub: argparse._SubParsersAction[Any]) -> None:
+    cluster = sub.add_parser(
+        "cluster",
+        help="show a cluster's workers; pause, resume or shut them down",
+        description="A cluster of workers coordinated over Redis (WorkerCoordinator, "
+        "DistributedWorker). The coordinator is --coordinator, else "
+        "$UNO_JOBS_COORDINATOR_URL, else the broker's URL when it is Redis.",
+    )
+    actions = cluster.add_subparsers(dest="cluster_command", required=True)
+    st = actions.add_parser("status", help="a table of the cluster's workers")
+    st.add_argument("--dead", action="store_true", help="also list dead workers not yet swept")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    st.set_defaults(func=_cluster_status)
+    for action, text in (
+        ("pause", "stop taking jobs (running ones finish)"),
+        ("resume", "take jobs again after a pause"),
+        ("shutdown", "graceful shutdown"),
+    ):
+        cmd = actions.add_parser(
+            action,
+            help=f"{text}: one worker, or every worker",
+            description=f"{text.capitalize()}: the desired state is kept in Redis and each "
+            "worker obeys at its next heartbeat (at once when the wake-up reaches it).",
+        )
+        cmd.add_argument("worker", nargs="?", default=None, help="worker id (default: all)")
+        cmd.set_defaults(func=_cluster_command, action=action)
+    for parser in (st, *(actions.choices[a] for a in ("pause", "resume", "shutdown"))):
+        parser.add_argument("--cluster", "-C", default="default", help="cluster id")
+        parser.add_argument("--coordinator", default=None, help="coordinator Redis URL")
+        parser.add_argument("--broker", default=None, help=argparse.SUPPRESS)
+
+
+def _coordinator(args: argparse.Namespace) -> Any:
+    from uno_jobs.config import resolve_broker_url, resolve_coordinator_url
+    from uno_jobs.coordination import WorkerCoordinator
+
+    url = resolve_coordinator_url(args.coordinator, resolve_broker_url(args.broker))
+    return WorkerCoordinator(url, args.cluster)
+
+
+def _cluster_status(args: argparse.Namespace) -> int:
+    import asyncio
+    import dataclasses
+    import time
+
+    async def fetch() -> tuple[list[Any], Any]:
+        coordinator = _coordinator(args)
+        try:
+            return await coordinator.members(include_dead=args.dead), await coordinator.leader()
+        finally:
+            await coordinator.stop()
+
+    members, leader = asyncio.run(fetch())
+    if args.json:
+        rows = [dataclasses.asdict(m) for m in members]
+        print(json.dumps({"cluster": args.cluster, "leader": leader, "workers": rows}, indent=2))
+        return 0
+    if not members:
+        print(f"no workers in cluster {args.cluster!r}", file=sys.stderr)
+        return 0
+    now = time.time()
+    header = ("WORKER", "STATE", "TYPE", "QUEUE", "HOST", "PID", "JOBS", "HEARTBEAT", "LEADER")
+    table = [header] + [
+        (
+            m.worker_id,
+            m.state,
+            m.type,
+            m.queue,
+            m.host,
+            str(m.pid),
+            str(m.current_jobs),
+            f"{max(0.0, now - m.last_heartbeat):.1f}s ago",
+            "*" if m.leader else "",
+        )
+        for m in members
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    if leader is not None:
+        print(f"leader: node {leader[1]} (fencing token {leader[0]})", file=sys.stderr)
+    return 0
+
+
+def _cluster_command(args: argparse.Namespace) -> int:
+    import asyncio
+
+    async def send() -> int | None:
+        coordinator = _coordinator(args)
+        try:
+            if args.worker is not None:
+                ids = {m.worker_id for m in await coordinator.members()}
+                if args.worker not in ids:
+                    return None
+            return int(await coordinator.send(args.action, args.worker))
+        finally:
+            await coordinator.stop()
+
+    seq = asyncio.run(send())
+    if seq is None:
+        print(
+            f"uno-jobs: no live worker {args.worker!r} in cluster {args.cluster!r}",
+            file=sys.stderr,
+        )
+        return 1
+    target = f"worker {args.worker}" if args.worker else "every worker"
+    print(f"{args.action} sent to {target} of cluster {args.cluster} (command {seq})")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

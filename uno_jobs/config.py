@@ -7,6 +7,10 @@ worker find the broker and the job store the same way (DESIGN.md §1):
   broker under ``UNO_JOBS_HOME``;
 - store: the ``store_url`` option, else ``UNO_JOBS_STORE_URL``, else the same Redis when
   the broker is Redis, else the embedded SQLite store under ``UNO_JOBS_HOME``;
+- coordinator (``WorkerCoordinator``, ``DistributedWorker``): the ``storage_url`` /
+  ``coordinator_url`` option, else ``UNO_JOBS_COORDINATOR_URL``, else the broker's URL when
+  it is Redis; its keys' prefix: ``?key_prefix=`` on that URL, else
+  ``UNO_JOBS_CLUSTER_KEY_PREFIX``, else ``uno_jobs:``;
 - retention of finished records, dead letters and cancellations: the option, else
   ``UNO_JOBS_RETENTION_SECONDS``, else 7 days.
 """
@@ -42,6 +46,8 @@ ENV_BROKER_URL = "UNO_JOBS_BROKER_URL"
 ENV_STORE_URL = "UNO_JOBS_STORE_URL"
 ENV_RETENTION_SECONDS = "UNO_JOBS_RETENTION_SECONDS"
 ENV_ALLOWED_MODULES = "UNO_JOBS_ALLOWED_MODULES"
+ENV_COORDINATOR_URL = "UNO_JOBS_COORDINATOR_URL"
+ENV_CLUSTER_KEY_PREFIX = "UNO_JOBS_CLUSTER_KEY_PREFIX"
 ENV_DISABLE_PLUGIN_AUTOLOAD = "UNO_JOBS_DISABLE_PLUGIN_AUTOLOAD"
 ENV_PLUGINS = "UNO_JOBS_PLUGINS"
 ENV_BLOCK_PLUGINS = "UNO_JOBS_BLOCK_PLUGINS"
@@ -84,6 +90,30 @@ def resolve_store_url(option: str | None, broker_url: str) -> str:
     if urlsplit(broker_url).scheme in ("redis", "rediss"):
         return _strip_query(broker_url)
     return f"sqlite://{uno_jobs_home() / 'jobs.sqlite3'}"
+
+
+def resolve_coordinator_url(option: str | None, broker_url: str | None = None) -> str:
+    """The coordinator's Redis URL: the option, the environment, or a Redis broker's URL.
+
+    Raises:
+        ConfigurationError: none of them gives a Redis URL.
+    """
+    if option:
+        return option
+    from_env = os.environ.get(ENV_COORDINATOR_URL)
+    if from_env:
+        return from_env
+    if broker_url and urlsplit(broker_url).scheme in ("redis", "rediss"):
+        return broker_url
+    raise ConfigurationError(
+        f"coordinator_url: no Redis URL for the cluster coordinator (pass coordinator_url, "
+        f"set {ENV_COORDINATOR_URL}, or use a Redis broker)"
+    )
+
+
+def resolve_cluster_key_prefix(option: str | None, default: str) -> str:
+    """The prefix of the cluster's keys: the URL's ``key_prefix``, the environment, default."""
+    return option or os.environ.get(ENV_CLUSTER_KEY_PREFIX) or default
 
 
 def resolve_retention_seconds(option: float | None = None) -> float:

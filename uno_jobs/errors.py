@@ -17,7 +17,9 @@
     ├── JobFailedError              raised by ``JobHandle.wait`` when the job failed
     ├── JobTimeoutError             ``JobHandle.wait`` gave up waiting
     ├── MessageError                a message that cannot be run (carries a dead reason)
-    └── WorkerStateError            a lifecycle call in the wrong state
+    ├── WorkerStateError            a lifecycle call in the wrong state
+    └── CoordinationError           the cluster store (Redis) failed or refused a request
+        └── WorkerIdInUseError      a worker id that is alive in the cluster registered again
 
 Control-flow signals are not errors. Two are raised by user code and live here, outside
 the tree above::
@@ -36,6 +38,7 @@ import math
 __all__ = [
     "BrokerUnavailableError",
     "ConfigurationError",
+    "CoordinationError",
     "DuplicateJobError",
     "DuplicateTaskError",
     "EnqueueError",
@@ -51,6 +54,7 @@ __all__ = [
     "TaskError",
     "UnknownTaskError",
     "UnoJobsError",
+    "WorkerIdInUseError",
     "WorkerStateError",
 ]
 
@@ -176,6 +180,27 @@ class MessageError(UnoJobsError):
 
 class WorkerStateError(UnoJobsError, RuntimeError):
     """A lifecycle call that the worker's current state does not allow."""
+
+
+class CoordinationError(UnoJobsError):
+    """The cluster store of a ``WorkerCoordinator`` failed or refused a request."""
+
+
+class WorkerIdInUseError(CoordinationError):
+    """A worker registered an id that a live worker of the cluster holds.
+
+    Attributes:
+        worker_id: The id asked for.
+        cluster_id: The cluster it is alive in.
+    """
+
+    def __init__(self, worker_id: str, cluster_id: str, holder: str) -> None:
+        super().__init__(
+            f"worker id {worker_id!r} is alive in cluster {cluster_id!r} ({holder}); "
+            "give this worker another worker_id, or stop the other one first"
+        )
+        self.worker_id = worker_id
+        self.cluster_id = cluster_id
 
 
 class Retry(Exception):

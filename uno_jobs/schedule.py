@@ -83,6 +83,15 @@ class DueJobMover(threading.Thread):
         self._stopping = threading.Event()
         self._next_purge = time.monotonic() + min(30.0, PURGE_INTERVAL_SECONDS)
 
+    @property
+    def interval(self) -> float:
+        """Seconds between polls."""
+        return self._interval
+
+    def set_interval(self, seconds: float) -> None:
+        """Poll every ``seconds`` from the next wait on (a cluster follower polls rarely)."""
+        self._interval = seconds
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
         self.join(timeout)

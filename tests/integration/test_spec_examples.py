@@ -44,6 +44,8 @@ _ENV_KEYS = (
     "UNO_JOBS_BROKER_URL",
     "UNO_JOBS_STORE_URL",
     "UNO_JOBS_ALLOWED_MODULES",
+    "UNO_JOBS_COORDINATOR_URL",
+    "UNO_JOBS_CLUSTER_KEY_PREFIX",
 )
 
 
@@ -190,6 +192,38 @@ EXAMPLES = [
         "middleware.py", "Middleware", (r"^ok job result: 'hello, world'$",), _check_middleware
     ),
     Example(
+        "distributed_worker.py",
+        "Distributed Worker",
+        (
+            r"^results: \[0, 2, 4, 6, 8\]$",
+            r"^member: distributed-worker-1 DistributedWorker running leader$",
+            r"^second worker refused: worker id 'distributed-worker-1' is alive in cluster "
+            r"'cluster-1'",
+            r"^members after shutdown: 0, leader: None$",
+        ),
+    ),
+    Example(
+        "worker_coordination.py",
+        "Worker Coordination",
+        (
+            r"^member: coordinated-worker-1 AsyncWorker running on default$",
+            r"^paused by the cluster: job queued$",
+            r"^resumed: 'hello, cluster'$",
+            r"^cluster shutdown: worker stopped$",
+        ),
+    ),
+    Example(
+        "worker_pool.py",
+        "Worker Pool",
+        (
+            r"^pool started with 5 member processes$",
+            r"^20 jobs ran in member processes \(\d+ of them\), none in this one$",
+            r"^metrics: \{'jobs_processed_total': 20, 'jobs_succeeded': 20, 'jobs_failed': 0,",
+            r"'workers': 5\}$",
+            r"^after shutdown: 0 members$",
+        ),
+    ),
+    Example(
         "multi_worker.py",
         "Multi-Worker Setup",
         (r"^30 jobs, each run exactly once$", r"^workers that ran jobs: [123]$"),
@@ -247,6 +281,11 @@ def example_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict
     env = {k: v for k, v in os.environ.items() if k not in _ENV_KEYS}
     env["UNO_JOBS_HOME"] = str(tmp_path / "uno_home")
     env["PYTHONUNBUFFERED"] = "1"
+    # The cluster examples name the coordinator redis://localhost:6379/0: a key prefix of
+    # this run's own keeps their clusters apart from any other.
+    cluster_prefix = f"uno-spec-cluster-{uuid.uuid4().hex[:10]}:"
+    env["UNO_JOBS_CLUSTER_KEY_PREFIX"] = cluster_prefix
+    request.addfinalizer(lambda: _delete_keys(REDIS_SPEC_DB0, cluster_prefix))
     if request.param == "embedded":
         yield env
     elif request.param == "redis":
@@ -265,6 +304,21 @@ def example_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict
             yield env
         finally:
             _delete_default_queues(namespace.url)
+
+
+REDIS_SPEC_DB0 = "redis://localhost:6379/0"
+
+
+def _delete_keys(url: str, prefix: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 def _text(output: str | bytes | None) -> str:

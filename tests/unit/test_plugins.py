@@ -40,13 +40,19 @@ def plugins_with(eps: list[importlib.metadata.EntryPoint], **settings: object) -
 
 def test_builtins_are_registered_through_the_same_hooks() -> None:
     plugins = plugins_with([])
-    assert set(plugins.worker_types()) == {"sync", "thread", "async", "process"}
+    assert set(plugins.worker_types()) == {"sync", "thread", "async", "process", "distributed"}
     assert set(plugins.retry_policies()) >= {"fixed", "exponential"}
     assert set(plugins.job_stores()) >= {"memory", "sqlite", "redis"}
     assert "log" in plugins.middleware()
     [builtin] = plugins.infos()
     assert builtin.name == BUILTIN_NAME and builtin.builtin
-    assert builtin.contributes["worker types"] == ["async", "process", "sync", "thread"]
+    assert builtin.contributes["worker types"] == [
+        "async",
+        "distributed",
+        "process",
+        "sync",
+        "thread",
+    ]
 
 
 def test_an_entry_point_plugin_contributes_and_is_listed(tmp_path: Path) -> None:

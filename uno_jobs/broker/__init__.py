@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from uno_jobs.broker._consumer import ConsumerThread, Delivery
 from uno_jobs.broker._deadletters import QueueSweep, StoredMessage
@@ -88,6 +89,34 @@ class Broker:
         Nothing is connected until the returned object is entered (``with``).
         """
         return QueueSweep(self.spec, name)
+
+    def restore_unacked(self, keys: Sequence[str]) -> int:
+        """Make a dead consumer's unacknowledged messages deliverable now; returns how many.
+
+        ``keys`` are the consumer's ``held_keys()``, reported before it died. Redis: kombu's
+        own restore (one ``WATCH``/``MULTI`` transaction per message) puts each one still in
+        the unacked hash back on its list, marked redelivered, as the visibility-timeout
+        sweep would later. Embedded: the leases of the consumer's channel are cleared.
+        RabbitMQ: 0 (it hands messages back when the connection drops).
+        """
+        if self.spec.kind not in ("redis", "embedded") or not keys:
+            return 0
+        conn = self.spec.connection()
+        try:
+            channel: Any = conn.default_channel
+            if self.spec.kind == "embedded":
+                owners = [k.removeprefix("owner:") for k in keys if k.startswith("owner:")]
+                return sum(int(channel.release_owner(owner)) for owner in owners)
+            restored = 0
+            with channel.conn_or_acquire() as client:
+                for key in keys:
+                    # HGET, not HEXISTS: kombu's client adds the key prefix to HGET only.
+                    if client.hget(channel.unacked_key, key) is not None:
+                        channel.qos.restore_by_tag(key, client=client)
+                        restored += 1
+            return restored
+        finally:
+            conn.release()
 
     def delete_queues(self, names: Sequence[str]) -> None:
         """Delete these broker queues and every message in them."""

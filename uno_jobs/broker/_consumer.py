@@ -95,6 +95,7 @@ class ConsumerThread(threading.Thread):
         self._commands: deque[Callable[[], None]] = deque()
         self._commands_ready = threading.Event()
         self._held: dict[int, Any] = {}
+        self._lease_owner = ""  # the embedded channel's, set at connect
         # Acks of one command round, sent together: AMQP with ``multiple`` where possible,
         # Redis in one pipeline (``basic_ack_many`` of uno_jobs' Redis channel).
         self._acks: list[Any] = []
@@ -156,6 +157,24 @@ class ConsumerThread(threading.Thread):
     @property
     def held(self) -> int:
         return len(self._held)
+
+    def held_keys(self) -> list[str]:
+        """What identifies the held messages to ``Broker.restore_unacked``.
+
+        Redis: the kombu delivery tags (their unacked hash keys), a copy read from another
+        thread (retried if the consumer thread changed the dict meanwhile). Embedded: the
+        channel's lease owner, while it holds any. RabbitMQ: empty.
+        """
+        if self.spec.kind == "embedded":
+            return [f"owner:{self._lease_owner}"] if self._held and self._lease_owner else []
+        if self.spec.kind != "redis":
+            return []
+        for _ in range(3):
+            try:
+                return [str(m.delivery_tag) for m in tuple(self._held.values())]
+            except RuntimeError:  # changed size during the copy
+                continue
+        return []
 
     @property
     def deliveries(self) -> int:
@@ -324,6 +343,7 @@ class ConsumerThread(threading.Thread):
             ) from None
         self._conn = conn
         channel = conn.default_channel
+        self._lease_owner = str(getattr(channel, "lease_owner", "") or "")
         queues = [kombu_queue(name)(channel) for name, _ in self._queues]
         for queue in queues:
             queue.declare()

@@ -331,6 +331,14 @@ class _MessageTable:
         )
         return self._run(sql, (owner, _json_ids(row_ids))).rowcount
 
+    def release_owner(self, owner: str) -> int:
+        """Clear every lease of ``owner`` (a dead consumer's): its rows are available now."""
+        sql = (
+            "UPDATE broker_messages SET lease_until = NULL, lease_owner = NULL"
+            " WHERE lease_owner = ?"
+        )
+        return self._run(sql, (owner,)).rowcount
+
     def extend(self, row_ids: Iterable[int], owner: str, lease_seconds: float) -> set[int]:
         sql = f"UPDATE broker_messages SET lease_until = ? WHERE {_OWNED_IDS} RETURNING id"
         rows = self._rows(sql, (time.time() + lease_seconds, owner, _json_ids(row_ids)))
@@ -473,6 +481,14 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
         if not held or self._table.closed:
             return 0
         return self._table.release(held, self._owner)
+
+    def release_owner(self, owner: str) -> int:
+        """Make every message leased by ``owner`` (another, dead, channel) available now.
+
+        Returns:
+            How many rows were released.
+        """
+        return self._table.release_owner(owner)
 
     def settle(self, row_id: int, owner: str | None, requeue: bool) -> None:
         """Delete a row (ack, or reject without requeue) or clear its lease (requeue).

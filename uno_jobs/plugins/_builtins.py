@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 @hookimpl
 def uno_jobs_worker_types() -> Mapping[str, type[BaseWorker]]:
+    from uno_jobs.worker._distributed import DistributedWorker
     from uno_jobs.worker._process import ProcessPoolWorker
     from uno_jobs.worker._types import AsyncWorker, SyncWorker, ThreadPoolWorker
 
@@ -24,6 +25,7 @@ def uno_jobs_worker_types() -> Mapping[str, type[BaseWorker]]:
         "thread": ThreadPoolWorker,
         "async": AsyncWorker,
         "process": ProcessPoolWorker,
+        "distributed": DistributedWorker,
     }
 
 

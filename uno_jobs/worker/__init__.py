@@ -3,7 +3,9 @@
 See ``../shared/spec/WORKERS.md`` for the user-facing specification.
 """
 
+from uno_jobs.coordination import WorkerCoordinator
 from uno_jobs.worker._base import BaseWorker, WorkerState
+from uno_jobs.worker._distributed import DistributedWorker, DistributedWorkerOptions
 from uno_jobs.worker._executors import JobTimeLimitExceeded
 from uno_jobs.worker._options import (
     AsyncWorkerOptions,
@@ -11,6 +13,7 @@ from uno_jobs.worker._options import (
     ThreadPoolWorkerOptions,
     WorkerOptions,
 )
+from uno_jobs.worker._pool import WorkerPool, WorkerPoolOptions
 from uno_jobs.worker._process import ProcessPoolWorker, ProcessPoolWorkerOptions
 from uno_jobs.worker._types import AsyncWorker, SyncWorker, ThreadPoolWorker
 
@@ -18,6 +21,8 @@ __all__ = [
     "AsyncWorker",
     "AsyncWorkerOptions",
     "BaseWorker",
+    "DistributedWorker",
+    "DistributedWorkerOptions",
     "JobTimeLimitExceeded",
     "ProcessPoolWorker",
     "ProcessPoolWorkerOptions",
@@ -25,6 +30,9 @@ __all__ = [
     "SyncWorkerOptions",
     "ThreadPoolWorker",
     "ThreadPoolWorkerOptions",
+    "WorkerCoordinator",
     "WorkerOptions",
+    "WorkerPool",
+    "WorkerPoolOptions",
     "WorkerState",
 ]
