@@ -466,6 +466,11 @@ class BaseWorker:
                 return
             if await self._refuse_expired_or_lost(run, message):
                 return
+            due_at = _future_eta(message.eta)
+            if due_at is not None:
+                assert self._outcomes is not None
+                self._outcomes.defer(delivery, message, due_at)
+                return
             await self._execute(run, message, task)
         except asyncio.CancelledError:
             if not run.discarded:
@@ -626,6 +631,17 @@ class BaseWorker:
 def _effective_timeout(task_timeout: float | None, max_job_duration: float | None) -> float | None:
     limits = [t for t in (task_timeout, max_job_duration) if t is not None]
     return min(limits) if limits else None
+
+
+def _future_eta(iso: str | None) -> float | None:
+    """The POSIX time of an ``eta`` that is still ahead, else ``None`` (run it now)."""
+    if iso is None:
+        return None
+    try:
+        due_at = timestamp_from_iso(iso)
+    except ValueError:
+        return None
+    return due_at if due_at > time.time() else None
 
 
 def _is_past(iso: str) -> bool:
