@@ -5,20 +5,38 @@ uno_jobs worker of every type runs the job with Celery's args, kwargs, ``retries
 ``eta`` and ``expires``. Celery declares the queue itself before publishing, so these
 tests also prove uno_jobs declares it identically (RabbitMQ refuses a second, different
 declaration with PRECONDITION_FAILED).
+
+uno_jobs → Celery: jobs enqueued by uno_jobs run on a real ``celery worker`` (solo pool,
+a subprocess running ``celery_side``), which records what its request held; its log must
+show the job received and succeeded, and no warning or error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import interop_tasks  # noqa: F401 - registers the interop.* tasks
 import pytest
-from conftest import AMQP_URL, REDIS_DB, REDIS_HOST, delete_redis_prefix, run, running
+from conftest import (
+    AMQP_URL,
+    REDIS_DB,
+    REDIS_HOST,
+    delete_redis_prefix,
+    run,
+    running,
+    wait_until,
+)
 
 from uno_jobs import JobStatus, Queue
 from uno_jobs.errors import JobNotFoundError
@@ -28,6 +46,8 @@ from uno_jobs.worker._registry import get_worker_type
 celery = pytest.importorskip("celery")
 
 pytestmark = pytest.mark.integration
+
+HERE = Path(__file__).parent
 
 
 class Brokers:
@@ -208,5 +228,143 @@ def test_eta_from_celery_is_honoured_without_holding_the_message(
         finally:
             await queue.delete()
             queue.close()
+
+    run(main)
+
+
+# --- uno_jobs → Celery ---------------------------------------------------------------
+
+
+class CeleryWorker:
+    """A real ``celery worker`` (solo pool) on one queue, as a subprocess."""
+
+    def __init__(self, brokers: Brokers, queue_name: str, folder: Path, backend: str = "") -> None:
+        self.out = folder / "runs"
+        self.out.mkdir()
+        self.log = folder / "celery.log"
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+            "CELERY_SIDE_BROKER": brokers.celery_url,
+            "CELERY_SIDE_PREFIX": brokers.prefix,
+            "CELERY_SIDE_OUT": str(self.out),
+            "CELERY_SIDE_BACKEND": backend,
+        }
+        command = [
+            sys.executable, "-m", "celery", "-A", "celery_side", "worker", "-P", "solo",
+            "-Q", queue_name, "-n", f"interop-{queue_name}@%h", "-l", "INFO",
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ]  # fmt: skip
+        self._log_file = self.log.open("wb")
+        self.process = subprocess.Popen(
+            command, cwd=HERE, env=env, stdout=self._log_file, stderr=subprocess.STDOUT
+        )
+        wait_until(lambda: "ready." in self.text() or self.process.poll() is not None, 60)
+        assert self.process.poll() is None, self.text()
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def seen(self, job_id: str) -> dict[str, Any]:
+        """What the Celery task's request held for ``job_id``, once it ran."""
+        path = self.out / f"{job_id}.json"
+        wait_until(path.exists, 30)
+        wait_until(lambda: f"{job_id}] succeeded" in self.text(), 10)
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log_file.close()
+
+
+@pytest.fixture
+def celery_worker(brokers: Brokers, queue_name: str, tmp_path: Path) -> Iterator[CeleryWorker]:
+    worker = CeleryWorker(brokers, queue_name, tmp_path)
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+def _problems(log_text: str) -> list[str]:
+    """Warning and error lines of a Celery worker log (Celery's own format)."""
+    return [line for line in log_text.splitlines() if "WARNING/" in line or "ERROR/" in line]
+
+
+def test_uno_job_runs_on_a_celery_worker(
+    brokers: Brokers, celery_worker: CeleryWorker, queue_name: str
+) -> None:
+    async def main() -> None:
+        queue = Queue(queue_name, broker_url=brokers.uno_url)
+        try:
+            job = await queue.enqueue(
+                "interop.echo",
+                [1, "two", {"three": [3]}],
+                {"k": "v", "n": None},
+                job_id=f"uno-{uuid.uuid4().hex}",
+                expires=300,
+            )
+            seen = celery_worker.seen(job.id)
+            # Read before the queue is deleted under the Celery worker (which it logs).
+            log_text = celery_worker.text()
+        finally:
+            await queue.delete()
+            queue.close()
+        assert seen["task"] == "interop.echo" and seen["id"] == job.id
+        assert seen["args"] == [1, "two", {"three": [3]}]
+        assert seen["kwargs"] == {"k": "v", "n": None}
+        assert seen["retries"] == 0
+        assert (seen["root_id"], seen["parent_id"], seen["group"]) == (job.id, None, None)
+        assert seen["eta"] is None
+        expires = datetime.fromisoformat(seen["expires"])
+        assert (
+            datetime.now(timezone.utc)
+            < expires
+            < datetime.now(timezone.utc) + timedelta(seconds=301)
+        )
+        assert seen["origin"].startswith(f"gen{os.getpid()}@")
+        assert seen["argsrepr"] == "[1, 'two', {'three': [3]}]"
+        assert seen["kwargsrepr"] == "{'k': 'v', 'n': None}"
+        assert seen["ignore_result"] is False
+        assert seen["correlation_id"] == job.id
+        assert seen["delivery_routing_key"] == queue_name
+        assert f"Task interop.echo[{job.id}] received" in log_text
+        assert _problems(log_text) == []
+
+    run(main)
+
+
+def test_delayed_uno_job_runs_on_a_celery_worker_when_due(
+    brokers: Brokers, celery_worker: CeleryWorker, queue_name: str
+) -> None:
+    """The delay waits in uno_jobs' store; an uno_jobs worker on any queue (here another
+    one) publishes it when due, and Celery runs it with its eta passed."""
+
+    async def main() -> None:
+        queue = Queue(queue_name, broker_url=brokers.uno_url)
+        other = Queue(f"{queue_name}-other", broker_url=brokers.uno_url)
+        try:
+            async with running(_worker(get_worker_type("sync"), other, poll_interval=0.2)):
+                before = time.time()
+                job = await queue.enqueue("interop.echo", ["later"], delay=2)
+                seen = await asyncio.to_thread(celery_worker.seen, job.id)
+                ran_at = time.time()
+            log_text = celery_worker.text()
+        finally:
+            await queue.delete()
+            await other.delete()
+            queue.close()
+            other.close()
+        assert seen["args"] == ["later"]
+        assert ran_at >= before + 2
+        assert datetime.fromisoformat(seen["eta"]).timestamp() == pytest.approx(before + 2, abs=1)
+        assert _problems(log_text) == []
 
     run(main)
