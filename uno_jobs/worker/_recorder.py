@@ -13,15 +13,22 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from uno_jobs.store import DeadLetter, JobStore, JobUpdate, ScheduledJob
 
-__all__ = ["Entry", "Recorder"]
+__all__ = ["Entry", "Recorder", "ResultSink"]
 
 log = logging.getLogger("uno_jobs.worker")
 
 _MAX_BATCH = 500
 _MAX_BACKOFF_SECONDS = 5.0
+
+
+class ResultSink(Protocol):
+    """Also told every batch of updates, after the store (``CeleryResults``)."""
+
+    def write(self, updates: Sequence[JobUpdate]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -52,9 +59,10 @@ def _merge(updates: list[JobUpdate]) -> list[JobUpdate]:
 
 
 class Recorder(threading.Thread):
-    def __init__(self, store: JobStore, name: str) -> None:
+    def __init__(self, store: JobStore, name: str, results: ResultSink | None = None) -> None:
         super().__init__(name=f"uno-recorder-{name}", daemon=True)
         self._store = store
+        self._results = results
         self._inbox: queue.SimpleQueue[Entry | threading.Event | None] = queue.SimpleQueue()
         self._stopping = threading.Event()
 
@@ -142,6 +150,8 @@ class Recorder(threading.Thread):
     def _store_entries(self, updates: list[JobUpdate], batch: list[Entry]) -> None:
         if updates:
             self._store.apply(updates)
+            if self._results is not None:
+                self._results.write(updates)
         for entry in batch:
             if entry.dead is not None:
                 self._store.add_dead_letter(entry.dead)
