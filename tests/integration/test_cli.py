@@ -315,6 +315,9 @@ def test_bad_worker_option_exits_2(env: dict[str, str], queue_name: str) -> None
     levels = cli(env, "worker", "--app", "contract_tasks", "--priority-levels", "high,urgent")
     assert levels.returncode == 2
     assert "urgent" in levels.stderr
+    results = cli(env, "worker", "--app", "contract_tasks", "--celery-results", "amqp://h")
+    assert results.returncode == 2
+    assert "celery_results_url" in results.stderr
 
 
 def test_unreachable_broker_exits_4_without_printing_the_password(
