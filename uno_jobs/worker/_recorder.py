@@ -127,11 +127,30 @@ class Recorder(threading.Thread):
 
     def _write_with_retries(self, batch: list[Entry]) -> list[Entry]:
         updates = _merge([u for entry in batch for u in entry.updates])
+        if not self._retrying(lambda: self._store_entries(updates, batch), updates, self._store):
+            return []
+        results = self._results
+        # Apart from the store write, so that a retry never applies the updates twice.
+        if (
+            results is not None
+            and updates
+            and not self._retrying(lambda: results.write(updates), updates, results)
+        ):
+            return []
+        return batch
+
+    def _retrying(
+        self, write: Callable[[], None], updates: list[JobUpdate], target: object
+    ) -> bool:
+        """Run ``write`` until it succeeds (True) or the recorder stops (False).
+
+        A ``ValueError`` (bad data, not an outage) is raised at once.
+        """
         backoff = 0.2
         while True:
             try:
-                self._store_entries(updates, batch)
-                return batch
+                write()
+                return True
             except ValueError:
                 raise
             except Exception:
@@ -139,19 +158,17 @@ class Recorder(threading.Thread):
                     "writing %d job update(s) to %r failed; retrying in %.1f s "
                     "(their messages stay unacknowledged)",
                     len(updates),
-                    self._store,
+                    target,
                     backoff,
                 )
                 if self._stopping.wait(backoff):
                     log.error("recorder stopping: giving up on %d job update(s)", len(updates))
-                    return []
+                    return False
                 backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
 
     def _store_entries(self, updates: list[JobUpdate], batch: list[Entry]) -> None:
         if updates:
             self._store.apply(updates)
-            if self._results is not None:
-                self._results.write(updates)
         for entry in batch:
             if entry.dead is not None:
                 self._store.add_dead_letter(entry.dead)
