@@ -93,10 +93,48 @@ def make_broker_url(
         return url, lambda: delete_redis_prefix(prefix)
     if kind == "amqp":
         return AMQP_URL, lambda: None
+    if kind == "sqs":
+        # Delays and the job store: SQS deployments use Redis (DESIGN.md §5).
+        prefix = f"uno-test-{uuid.uuid4().hex[:10]}:"
+        os.environ["UNO_JOBS_STORE_URL"] = f"redis://{REDIS_HOST}/{REDIS_DB}?key_prefix={prefix}"
+        url = (
+            f"sqs://testing:testing@{sqs_endpoint()}?visibility_timeout={visibility_timeout:g}"
+            "&polling_interval=0.05&wait_time_seconds=0"
+        )
+
+        def cleanup() -> None:
+            os.environ.pop("UNO_JOBS_STORE_URL", None)
+            delete_redis_prefix(prefix)
+
+        return url, cleanup
     raise ValueError(kind)
 
 
-@pytest.fixture(params=["embedded", "redis", "amqp"])
+_SQS_SERVER: Any = None
+
+
+def sqs_endpoint() -> str:
+    """``host:port`` of moto's SQS server, started on first use for the whole run.
+
+    kombu's SQS transport takes its endpoint from the broker URL's host and port (with
+    ``is_secure`` off); credentials and region are moto's placeholders.
+    """
+    global _SQS_SERVER
+    if _SQS_SERVER is None:
+        import logging
+
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request
+        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        _SQS_SERVER = server
+    host, port = _SQS_SERVER.get_host_and_port()
+    return f"{host}:{port}"
+
+
+@pytest.fixture(params=["embedded", "redis", "amqp", "sqs"])
 def broker_url(request: pytest.FixtureRequest, uno_home: Path) -> Iterator[str]:
     url, cleanup = make_broker_url(request.param)
     try:

@@ -157,6 +157,13 @@ def _add_worker_command(sub: argparse._SubParsersAction[Any]) -> None:
         metavar="HOST",
         help="address the probes bind to (default: 127.0.0.1)",
     )
+    w.add_argument(
+        "--celery-results",
+        default=None,
+        metavar="URL",
+        help="also write results where a Celery Redis result backend reads them "
+        "(redis://host:6379/1?key_prefix=&expires=; default: off)",
+    )
     w.set_defaults(func=_worker)
     from uno_jobs.plugins import get_plugins
 
@@ -301,6 +308,8 @@ def _worker(args: argparse.Namespace) -> int:
         options["probe_port"] = args.probe_port
     if args.probe_host is not None:
         options["probe_host"] = args.probe_host
+    if args.celery_results is not None:
+        options["celery_results_url"] = args.celery_results
     # Traces go to the OTLP endpoint of the OTEL_* variables, when one is set.
     configure_sdk(service_name="uno-jobs-worker")
     worker = cls(**{k: v for k, v in options.items() if v is not None})

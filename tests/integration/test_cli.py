@@ -315,6 +315,9 @@ def test_bad_worker_option_exits_2(env: dict[str, str], queue_name: str) -> None
     levels = cli(env, "worker", "--app", "contract_tasks", "--priority-levels", "high,urgent")
     assert levels.returncode == 2
     assert "urgent" in levels.stderr
+    results = cli(env, "worker", "--app", "contract_tasks", "--celery-results", "amqp://h")
+    assert results.returncode == 2
+    assert "celery_results_url" in results.stderr
 
 
 def test_unreachable_broker_exits_4_without_printing_the_password(
@@ -345,7 +348,15 @@ def test_unreachable_broker_exits_4_without_printing_the_password(
 
 
 def dead_cli(env: dict[str, str], broker_url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return cli(env, "dead", *args, "--broker", broker_url)
+    # The sqs broker fixture sets the Redis job store in the environment after ``env``.
+    store = os.environ.get("UNO_JOBS_STORE_URL")
+    return cli(
+        {**env, "UNO_JOBS_STORE_URL": store} if store else env,
+        "dead",
+        *args,
+        "--broker",
+        broker_url,
+    )
 
 
 async def cancelled_jobs(queue: Queue, count: int) -> list[str]:

@@ -244,7 +244,7 @@ def test_delayed_job_runs_when_due(broker_url: str, queue_name: str) -> None:
     run(main)
 
 
-@pytest.mark.parametrize("kind", ["embedded", "redis", "amqp"])
+@pytest.mark.parametrize("kind", ["embedded", "redis", "amqp", "sqs"])
 def test_sigkilled_worker_job_is_delivered_again(
     kind: str, uno_home: Path, queue_name: str, tmp_path: Path
 ) -> None:
@@ -329,7 +329,7 @@ def test_unreachable_broker_fails_fast(url: str, uno_home: Path, queue_name: str
     run(main)
 
 
-@pytest.mark.parametrize("kind", ["embedded", "redis", "amqp"])
+@pytest.mark.parametrize("kind", ["embedded", "redis", "amqp", "sqs"])
 @pytest.mark.parametrize("window", ["open", "full"])
 def test_long_job_is_not_redelivered_while_its_worker_lives(
     kind: str, window: str, uno_home: Path, queue_name: str, tmp_path: Path

@@ -31,7 +31,12 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 pytestmark = pytest.mark.integration
 
 HERE = Path(__file__).parent
-SYSTEMS = {"embedded": "uno_jobs_embedded", "redis": "redis", "amqp": "rabbitmq"}
+SYSTEMS = {
+    "embedded": "uno_jobs_embedded",
+    "redis": "redis",
+    "amqp": "rabbitmq",
+    "sqs": "aws_sqs",
+}
 
 
 class Receiver:

@@ -284,3 +284,18 @@ def test_kombu_queue_is_identical_to_celerys_missing_queue() -> None:
     theirs = app.amqp.queues.new_missing("reports")
     ours: Any = kombu_queue("reports")
     assert ours.as_dict(recurse=True) == theirs.as_dict(recurse=True)
+
+
+def test_sqs_wait_time_seconds_is_checked_against_sqs_limit() -> None:
+    from uno_jobs.broker._spec import parse_broker_url, sqs_visibility_seconds
+    from uno_jobs.errors import ConfigurationError
+
+    spec = parse_broker_url("sqs://k:s@127.0.0.1:4566?wait_time_seconds=0")
+    assert spec.connection().transport_options["wait_time_seconds"] == 0
+    assert parse_broker_url("sqs://k:s@h").connection().transport_options["wait_time_seconds"] == 1
+    for bad in ("21", "-1", "0.5", "soon"):
+        with pytest.raises(ConfigurationError, match="wait_time_seconds"):
+            parse_broker_url(f"sqs://k:s@h?wait_time_seconds={bad}")
+    with pytest.raises(ConfigurationError, match="wait_time_seconds"):
+        parse_broker_url("redis://h/0?wait_time_seconds=1")
+    assert [sqs_visibility_seconds(s) for s in (0.2, 1.5, 60)] == [1, 2, 60]

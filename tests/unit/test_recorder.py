@@ -319,3 +319,44 @@ def test_stop_ends_the_thread_even_while_the_store_fails(store: JobStore) -> Non
     finally:
         spy.failures = 0
         stop(recorder)
+
+
+class FlakyResults:
+    """A result sink (``CeleryResults``'s place) that fails its first ``failures`` writes."""
+
+    def __init__(self, events: list[str], failures: int) -> None:
+        self.events = events
+        self.failures = failures
+
+    def write(self, updates: Sequence[JobUpdate]) -> None:
+        if self.failures:
+            self.failures -= 1
+            self.events.append("results failed")
+            raise ConnectionError("result backend is down")
+        self.events.append(f"results {[u.job_id for u in updates]}")
+
+
+def test_a_failing_result_sink_is_retried_alone_and_the_ack_waits(store: JobStore) -> None:
+    spy = SpyStore(store)
+    results = FlakyResults(spy.events, failures=2)
+    recorder = Recorder(cast(JobStore, spy), "test", results)
+    recorder.put(
+        Entry(
+            [update("j", status=JobStatus.SUCCEEDED, result=1)],
+            after=lambda: spy.events.append("ack j"),
+        )
+    )
+    recorder.start()
+    try:
+        assert recorder.flush(timeout=10)
+        # The store is written once (a retry would apply the updates twice), the sink
+        # until it works, and only then is the message acked.
+        assert spy.events == [
+            "applied ['j']",
+            "results failed",
+            "results failed",
+            "results ['j']",
+            "ack j",
+        ]
+    finally:
+        stop(recorder)

@@ -20,7 +20,7 @@ from store_contract import NOW, StoreContract, a_record
 from store_history_contract import HistoryContract, failed_attempt
 
 from uno_jobs.errors import ConfigurationError
-from uno_jobs.store import ScheduledJob, open_store
+from uno_jobs.store import JobStore, ScheduledJob, open_store
 
 
 class TestMemoryStore(StoreContract, CancellationContract, HistoryContract):
@@ -191,3 +191,31 @@ def test_sqlite_purge_deletes_the_history_of_expired_records(sqlite_url: str) ->
     conn.close()
     store.close()
     assert rows == [("kept",)]
+
+
+def test_connections_opening_a_fresh_sqlite_database_at_once_all_succeed(tmp_path: Path) -> None:
+    """The WAL switch of a new database is contended: "database is locked" came out of it
+    without SQLite's busy handler (a Queue and a worker starting together saw it)."""
+    import threading
+
+    errors: list[str] = []
+    for i in range(40):
+        url = f"sqlite:///{tmp_path}/fresh-{i}.sqlite3"
+        stores = [open_store(url) for _ in range(4)]
+        barrier = threading.Barrier(len(stores))
+
+        def first_use(store: JobStore, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                store.get("nothing")
+            except sqlite3.OperationalError as exc:
+                errors.append(str(exc))
+
+        threads = [threading.Thread(target=first_use, args=(s,)) for s in stores]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(15)
+        for store in stores:
+            store.close()
+    assert errors == []

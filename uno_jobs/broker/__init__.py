@@ -133,9 +133,16 @@ class Broker:
                 bound.declare()
                 if delete:
                     bound.delete()
-                    bound.exchange.delete()
+                    # SQS has no exchanges (kombu's are in memory) and its virtual
+                    # exchange_delete would look up the queue just deleted.
+                    if self.spec.kind != "sqs":
+                        bound.exchange.delete()
                     continue
-                if purge:
+                if purge and self.spec.kind == "sqs":
+                    # kombu's SQS purge returns its count summed over ten looks.
+                    out[name] = int(bound.queue_declare().message_count)
+                    bound.purge()
+                elif purge:
                     out[name] = int(bound.purge() or 0)
                 else:
                     out[name] = int(bound.queue_declare().message_count)

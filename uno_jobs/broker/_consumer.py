@@ -36,7 +36,7 @@ from kombu.messaging import Consumer as KombuConsumer
 
 from uno_jobs.broker._amqp import buffer_reads, rpc_timeout, set_socket_timeout
 from uno_jobs.broker._publisher import Outgoing, PublishSession
-from uno_jobs.broker._spec import BrokerSpec
+from uno_jobs.broker._spec import BrokerSpec, sqs_visibility_seconds
 from uno_jobs.broker._topology import kombu_queue
 from uno_jobs.errors import BrokerUnavailableError
 
@@ -266,9 +266,12 @@ class ConsumerThread(threading.Thread):
         Redis (kombu's transport) redelivers a message whose entry in its unacked index is
         older than the visibility timeout; the embedded transport one whose lease ran out.
         Held messages are refreshed every third of the timeout, also while the window is
-        full and nothing is polled. (RabbitMQ redelivers only when the connection closes.)
+        full and nothing is polled. SQS makes a received message visible again when its
+        visibility timeout ends, and kombu never extends it: held messages get a new
+        timeout (``ChangeMessageVisibilityBatch``, ten per call). (RabbitMQ redelivers only
+        when the connection closes.)
         """
-        if self.spec.kind not in ("redis", "embedded") or not self._held:
+        if self.spec.kind not in ("redis", "embedded", "sqs") or not self._held:
             return
         now = time.monotonic()
         if now - self._leases_kept_at < self._lease_interval:
@@ -279,10 +282,33 @@ class ConsumerThread(threading.Thread):
         if self.spec.kind == "embedded":
             channel.extend_leases()
             return
+        if self.spec.kind == "sqs":
+            self._extend_sqs_visibility(channel)
+            return
         stamp = time.time()
         tags = {message.delivery_tag: stamp for message in self._held.values()}
         with channel.conn_or_acquire() as client:
             client.zadd(channel.unacked_index_key, tags, xx=True)
+
+    def _extend_sqs_visibility(self, channel: Any) -> None:
+        by_queue: dict[str, list[str]] = {}
+        for message in self._held.values():
+            info = message.delivery_info or {}
+            url = info.get("sqs_queue")
+            if url:
+                by_queue.setdefault(url, []).append(message.delivery_tag)
+        timeout = sqs_visibility_seconds(self.spec.visibility_timeout)
+        client = channel.sqs()
+        for url, handles in by_queue.items():
+            for start in range(0, len(handles), 10):
+                entries = [
+                    {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": timeout}
+                    for i, handle in enumerate(handles[start : start + 10])
+                ]
+                reply = client.change_message_visibility_batch(QueueUrl=url, Entries=entries)
+                for failed in reply.get("Failed", ()):
+                    # Already acked, or its receipt expired: SQS hands it out again.
+                    log.warning("could not extend an SQS message's visibility: %s", failed)
 
     def _command(self, func: Callable[[], None]) -> None:
         self._commands.append(func)
@@ -420,7 +446,7 @@ class ConsumerThread(threading.Thread):
                     headers=dict(headers),
                     content_type=content_type,
                     content_encoding=encoding,
-                    redelivered=bool(info.get("redelivered")),
+                    redelivered=_redelivered(info),
                 )
             )
             return
@@ -496,6 +522,21 @@ class ConsumerThread(threading.Thread):
         except Exception:
             log.debug("handing back messages at shutdown failed", exc_info=True)
         self._drop_connection()
+
+
+def _redelivered(info: dict[str, Any]) -> bool:
+    """Whether the broker delivered this message before. SQS does not say so in kombu's
+    ``redelivered``; its ``ApproximateReceiveCount`` attribute (which kombu fetches) does."""
+    if info.get("redelivered"):
+        return True
+    sqs_message = info.get("sqs_message")
+    if isinstance(sqs_message, dict):
+        count = (sqs_message.get("Attributes") or {}).get("ApproximateReceiveCount")
+        try:
+            return int(count or 0) > 1
+        except (TypeError, ValueError):
+            return False
+    return False
 
 
 def _cut(raw: object) -> bytes:

@@ -23,8 +23,9 @@ from kombu.messaging import Producer
 
 from uno_jobs.broker._amqp import buffer_reads, set_socket_timeout
 from uno_jobs.broker._spec import BrokerSpec
+from uno_jobs.broker._sqs import SqsSizes
 from uno_jobs.broker._topology import kombu_queue
-from uno_jobs.errors import BrokerUnavailableError
+from uno_jobs.errors import BrokerUnavailableError, PayloadError
 from uno_jobs.message import Encoded
 
 __all__ = ["Outgoing", "PublishSession", "Publisher"]
@@ -81,6 +82,7 @@ class PublishSession:
         self._channel: Any = None
         self._producer: Producer | None = None
         self._confirms: _Confirms | None = None
+        self._sqs_sizes = SqsSizes() if spec.kind == "sqs" else None
 
     def _ensure(self) -> Producer:
         if self._producer is None:
@@ -111,6 +113,8 @@ class PublishSession:
             producer = self._ensure()
             for item in items:
                 self.declare(item.routing_key)
+            if self._sqs_sizes is not None:
+                self._sqs_sizes.check(self._channel, [(i.routing_key, i.encoded) for i in items])
             for item in items:
                 enc = item.encoded
                 producer.publish(
@@ -129,6 +133,8 @@ class PublishSession:
         except BrokerUnavailableError:
             self.close()
             raise
+        except PayloadError:
+            raise  # nothing of the batch was sent; the session is fine
         except Exception as exc:
             self.close()
             if _is_connection_problem(self._conn, exc):

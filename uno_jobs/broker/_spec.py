@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from ssl import CERT_NONE
 from typing import Any, Literal
@@ -12,7 +13,7 @@ from kombu.connection import Connection
 from uno_jobs.config import EMBEDDED_SCHEME, embedded_broker_path, redact_url
 from uno_jobs.errors import ConfigurationError
 
-__all__ = ["BrokerKind", "BrokerSpec", "parse_broker_url"]
+__all__ = ["BrokerKind", "BrokerSpec", "parse_broker_url", "sqs_visibility_seconds"]
 
 BrokerKind = Literal["amqp", "redis", "sqs", "embedded", "memory"]
 
@@ -37,6 +38,7 @@ _QUERY_OPTIONS: dict[str, tuple[BrokerKind, ...]] = {
     "confirm_timeout": ("amqp", "redis", "sqs", "embedded", "memory"),
     "restore_interval": ("redis",),
     "region": ("sqs",),
+    "wait_time_seconds": ("sqs",),
     "consumer_timeout": ("amqp",),
 }
 
@@ -104,8 +106,11 @@ class BrokerSpec:
         transport_options: dict[str, Any] = {}
         if self.kind == "sqs":
             transport_options = {
-                "visibility_timeout": self.visibility_timeout,
+                "visibility_timeout": sqs_visibility_seconds(self.visibility_timeout),
                 "is_secure": False,
+                # kombu long-polls each queue in turn for up to this long: with four
+                # level queues its default of 10 s would delay a job by up to 30 s.
+                "wait_time_seconds": int(self.options.get("wait_time_seconds", 1)),
                 **_float_options(self.options, "polling_interval"),
             }
             if "region" in self.options:
@@ -152,6 +157,11 @@ class BrokerSpec:
         )
 
 
+def sqs_visibility_seconds(seconds: float) -> int:
+    """SQS takes whole seconds: a visibility timeout rounded up, at least 1."""
+    return max(1, math.ceil(seconds))
+
+
 def parse_broker_url(url: str) -> BrokerSpec:
     """Parse and validate a broker URL.
 
@@ -185,6 +195,12 @@ def parse_broker_url(url: str) -> BrokerSpec:
     )
     for key in ("polling_interval", "restore_interval"):
         _float_options(options, key)  # validates
+    wait = options.get("wait_time_seconds")
+    if wait is not None and not (wait.isdigit() and int(wait) <= 20):
+        raise ConfigurationError(
+            f"broker_url {display!r}: option 'wait_time_seconds' must be a whole number "
+            f"of seconds from 0 to 20 (SQS's limit), got {wait!r}"
+        )
     if kind == "redis" and "key_prefix" in options and not options["key_prefix"]:
         raise ConfigurationError(f"broker_url {display!r}: option 'key_prefix' is empty")
     return BrokerSpec(

@@ -163,6 +163,24 @@ def _placeholders(count: int) -> str:
     return ", ".join("?" * count)
 
 
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch the database to WAL, waiting while another connection holds it.
+
+    Two connections opening a fresh database at once can get "database is locked" from
+    the journal-mode switch without SQLite's busy handler being called, so the wait is
+    done here, up to the busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class _Connections:
     """One sqlite3 connection per thread (and per process, after a fork)."""
 
@@ -206,7 +224,7 @@ class _Connections:
             check_same_thread=False,
         )
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            _use_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             if not self._schema_ready:
                 _create_schema(conn)

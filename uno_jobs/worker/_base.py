@@ -29,6 +29,7 @@ from uno_jobs.broker import (
     Delivery,
     level_queues,
 )
+from uno_jobs.celery_results import CeleryResults
 from uno_jobs.config import resolve_allowed_modules, resolve_broker_url, resolve_store_url
 from uno_jobs.dead_letters import CANCELLED_DETAIL
 from uno_jobs.errors import (
@@ -125,6 +126,7 @@ class BaseWorker:
         self._store: JobStore | None = None
         self._consumer: ConsumerThread | None = None
         self._recorder: Recorder | None = None
+        self._celery_results: CeleryResults | None = None
         self._executor: Executor | None = None
         self._mover: DueJobMover | None = None
         self._dead: DeadLetterer | None = None
@@ -196,7 +198,9 @@ class BaseWorker:
         opts = self.options
         self._broker = Broker(self.broker_url)
         self._store = open_store(self.store_url)
-        self._recorder = Recorder(self._store, self.worker_id)
+        if opts.celery_results_url is not None:
+            self._celery_results = CeleryResults(opts.celery_results_url)
+        self._recorder = Recorder(self._store, self.worker_id, self._celery_results)
         self._recorder.start()
         self._executor = self.make_executor()
         window = self.concurrency + (opts.batch_size if opts.prefetch else 0)
@@ -357,6 +361,9 @@ class BaseWorker:
             self._broker.close()
         if self._store is not None:
             self._store.close()
+        if self._celery_results is not None:
+            self._celery_results.close()
+            self._celery_results = None
 
     # -- health and metrics -------------------------------------------------------------
 
@@ -465,6 +472,11 @@ class BaseWorker:
                 self._dead_letter(run, exc)
                 return
             if await self._refuse_expired_or_lost(run, message):
+                return
+            due_at = _future_eta(message.eta)
+            if due_at is not None:
+                assert self._outcomes is not None
+                self._outcomes.defer(delivery, message, due_at)
                 return
             await self._execute(run, message, task)
         except asyncio.CancelledError:
@@ -626,6 +638,17 @@ class BaseWorker:
 def _effective_timeout(task_timeout: float | None, max_job_duration: float | None) -> float | None:
     limits = [t for t in (task_timeout, max_job_duration) if t is not None]
     return min(limits) if limits else None
+
+
+def _future_eta(iso: str | None) -> float | None:
+    """The POSIX time of an ``eta`` that is still ahead, else ``None`` (run it now)."""
+    if iso is None:
+        return None
+    try:
+        due_at = timestamp_from_iso(iso)
+    except ValueError:
+        return None
+    return due_at if due_at > time.time() else None
 
 
 def _is_past(iso: str) -> bool:

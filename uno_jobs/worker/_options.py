@@ -48,6 +48,9 @@ class WorkerOptions(BaseModel):
     priority_levels: list[str] | None = None
     broker_url: str | None = None
     store_url: str | None = None
+    #: Also write outcomes where a Celery Redis result backend reads them
+    #: (``uno_jobs.celery_results``); ``None``: off.
+    celery_results_url: str | None = Field(None, min_length=1)
     allowed_modules: list[str] | None = None
     registry: TaskRegistry | None = None
     retry_policy: Any = "fixed"
@@ -82,6 +85,15 @@ class WorkerOptions(BaseModel):
         for level in value:
             if level not in PRIORITY_LEVELS:
                 raise ValueError(f"unknown level {level!r} (allowed: {', '.join(PRIORITY_LEVELS)})")
+        return value
+
+    @field_validator("celery_results_url")
+    @classmethod
+    def _celery_results(cls, value: str | None) -> str | None:
+        if value is not None:
+            from uno_jobs.celery_results import CeleryResults
+
+            CeleryResults(value).close()  # checks the URL; connects to nothing
         return value
 
     @field_validator("allowed_modules")

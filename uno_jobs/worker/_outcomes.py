@@ -268,6 +268,22 @@ class Outcomes:
                 Entry([update], after=lambda: consumer.publish_then_ack(tag, outgoing))
             )
 
+    def defer(self, delivery: Delivery, message: Message, due_at: float) -> None:
+        """A delivery whose ``eta`` is still ahead (a Celery ``countdown``/``eta``): the job
+        waits in the store's schedule until then, and the message is acked once it does.
+
+        Celery's own worker holds such a message unacknowledged until its time; uno_jobs
+        never does (DESIGN.md §2, "Retries and delays").
+        """
+        encoded = encode(message, max_bytes=_RETRY_MAX_BYTES)
+        routing_key = level_queue_name(self._queue, message.priority)
+        entry = scheduled_entry(message.id, message.task, self._queue, routing_key, due_at, encoded)
+        update = self._update(
+            message, {"status": JobStatus.SCHEDULED, "priority": message.priority}
+        )
+        tag, consumer = delivery.tag, self._consumer
+        self._recorder.put(Entry([update], schedule=entry, after=lambda: consumer.ack(tag)))
+
     def dead_if_lost_too_often(self, delivery: Delivery, message: Message) -> bool:
         if message.worker_lost < WORKER_LOST_LIMIT:
             return False

@@ -13,15 +13,22 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from uno_jobs.store import DeadLetter, JobStore, JobUpdate, ScheduledJob
 
-__all__ = ["Entry", "Recorder"]
+__all__ = ["Entry", "Recorder", "ResultSink"]
 
 log = logging.getLogger("uno_jobs.worker")
 
 _MAX_BATCH = 500
 _MAX_BACKOFF_SECONDS = 5.0
+
+
+class ResultSink(Protocol):
+    """Also told every batch of updates, after the store (``CeleryResults``)."""
+
+    def write(self, updates: Sequence[JobUpdate]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -52,9 +59,10 @@ def _merge(updates: list[JobUpdate]) -> list[JobUpdate]:
 
 
 class Recorder(threading.Thread):
-    def __init__(self, store: JobStore, name: str) -> None:
+    def __init__(self, store: JobStore, name: str, results: ResultSink | None = None) -> None:
         super().__init__(name=f"uno-recorder-{name}", daemon=True)
         self._store = store
+        self._results = results
         self._inbox: queue.SimpleQueue[Entry | threading.Event | None] = queue.SimpleQueue()
         self._stopping = threading.Event()
 
@@ -119,11 +127,30 @@ class Recorder(threading.Thread):
 
     def _write_with_retries(self, batch: list[Entry]) -> list[Entry]:
         updates = _merge([u for entry in batch for u in entry.updates])
+        if not self._retrying(lambda: self._store_entries(updates, batch), updates, self._store):
+            return []
+        results = self._results
+        # Apart from the store write, so that a retry never applies the updates twice.
+        if (
+            results is not None
+            and updates
+            and not self._retrying(lambda: results.write(updates), updates, results)
+        ):
+            return []
+        return batch
+
+    def _retrying(
+        self, write: Callable[[], None], updates: list[JobUpdate], target: object
+    ) -> bool:
+        """Run ``write`` until it succeeds (True) or the recorder stops (False).
+
+        A ``ValueError`` (bad data, not an outage) is raised at once.
+        """
         backoff = 0.2
         while True:
             try:
-                self._store_entries(updates, batch)
-                return batch
+                write()
+                return True
             except ValueError:
                 raise
             except Exception:
@@ -131,12 +158,12 @@ class Recorder(threading.Thread):
                     "writing %d job update(s) to %r failed; retrying in %.1f s "
                     "(their messages stay unacknowledged)",
                     len(updates),
-                    self._store,
+                    target,
                     backoff,
                 )
                 if self._stopping.wait(backoff):
                     log.error("recorder stopping: giving up on %d job update(s)", len(updates))
-                    return []
+                    return False
                 backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
 
     def _store_entries(self, updates: list[JobUpdate], batch: list[Entry]) -> None:
