@@ -141,7 +141,7 @@ class CeleryResults:
             raise ConfigurationError(
                 f"celery_results_url {self.display!r}: expires must be positive"
             )
-        self._client: redis.Redis[bytes] = redis.Redis.from_url(
+        self._client: redis.Redis = redis.Redis.from_url(
             urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")),
             socket_connect_timeout=_SOCKET_TIMEOUT_SECONDS,
             socket_timeout=_SOCKET_TIMEOUT_SECONDS,
