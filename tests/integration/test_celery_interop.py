@@ -295,6 +295,13 @@ def celery_worker(brokers: Brokers, queue_name: str, tmp_path: Path) -> Iterator
         yield worker
     finally:
         worker.stop()
+        # A Celery worker declares its queue again when the test deletes it under it:
+        # delete it once more now that the worker is gone, so nothing is left behind.
+        queue = Queue(queue_name, broker_url=brokers.uno_url)
+        try:
+            asyncio.run(queue.delete())
+        finally:
+            queue.close()
 
 
 def _problems(log_text: str) -> list[str]:
