@@ -45,6 +45,7 @@ __all__ = [
     "dead_letter_headers",
     "decode",
     "encode",
+    "header_count",
     "iso_from_timestamp",
     "new_message",
     "parse_priority",
@@ -604,13 +605,7 @@ def _from_headers(
     task = get("task")
     if not isinstance(task, str) or not task:
         raise MessageError("invalid_message", f"header 'task' is not a name: {task!r}", job_id)
-    retries = get("retries")
-    if retries is None:
-        retries = 0
-    elif type(retries) is not int or retries < 0:
-        raise MessageError(
-            "invalid_message", f"header 'retries' is not a count: {retries!r}", job_id
-        )
+    retries = _count(get("retries"), "retries", job_id)
     for name in _STR_HEADERS:
         value = get(name)
         if value is not None and type(value) is not str:
@@ -641,7 +636,7 @@ def _from_headers(
         group=get("group"),
         origin=get("origin"),
         enqueued_at=_enqueued_at(get("uno_enqueued_at"), job_id),
-        worker_lost=_worker_lost(get("uno_worker_lost"), job_id),
+        worker_lost=_count(get("uno_worker_lost"), "uno_worker_lost", job_id),
         extra_headers={k: v for k, v in headers.items() if k not in _NOT_EXTRA},
         embed=embed,
     )
@@ -685,14 +680,21 @@ def _enqueued_at(value: Any, job_id: str) -> float | None:
     )
 
 
-def _worker_lost(value: Any, job_id: str) -> int:
+def header_count(value: Any) -> int | None:
+    """``value`` if it is a count (an ``int`` >= 0, not a ``bool``), else ``None``."""
+    return value if type(value) is int and value >= 0 else None
+
+
+def _count(value: Any, header: str, job_id: str) -> int:
+    """A count header (``retries``, ``uno_worker_lost``): absent is 0, not a count fails."""
     if value is None:
         return 0
-    if type(value) is int and value >= 0:
-        return value
-    raise MessageError(
-        "invalid_message", f"header 'uno_worker_lost' is not a count: {value!r}", job_id
-    )
+    count = header_count(value)
+    if count is None:
+        raise MessageError(
+            "invalid_message", f"header {header!r} is not a count: {value!r}", job_id
+        )
+    return count
 
 
 # --- Dead letters --------------------------------------------------------------------

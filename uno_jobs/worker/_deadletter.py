@@ -14,7 +14,7 @@ import uuid
 
 from uno_jobs.broker import ConsumerThread, Delivery, Outgoing, dead_queue_name
 from uno_jobs.events import JobEvents
-from uno_jobs.message import Encoded, dead_letter_headers
+from uno_jobs.message import Encoded, dead_letter_headers, header_count
 from uno_jobs.store import DeadLetter, JobStatus, JobUpdate
 from uno_jobs.worker._recorder import Entry, Recorder
 
@@ -35,9 +35,8 @@ def _raw_body(body: object) -> bytes:
 
 def _attempt(retries: object) -> int | None:
     """The attempt a delivery was (Celery's ``retries`` + 1), if its header says."""
-    if isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0:
-        return retries + 1
-    return None
+    count = header_count(retries)
+    return None if count is None else count + 1
 
 
 class DeadLetterer:
