@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import cluster_tasks
@@ -52,6 +53,52 @@ def cluster() -> Iterator[str]:
         delete_redis_prefix(f"uno_jobs:cluster:{cluster_id}:")
 
 
+@contextmanager
+def cluster_processes(
+    names: tuple[str, ...], queue_name: str, cluster: str, broker: str, uno_home: Path
+) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    """One ``cluster_driver.py`` process per name, each logging to ``<name>.log``.
+
+    On exit, those still running get SIGTERM (SIGKILL after 30 s) and are reaped.
+    """
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p),
+        "UNO_JOBS_BROKER_URL": broker,
+        "UNO_JOBS_HOME": str(uno_home),
+    }
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    with ExitStack() as stack:
+        for name in names:
+            log = stack.enter_context(open(uno_home.parent / f"{name}.log", "w"))
+            procs[name] = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(HERE / "cluster_driver.py"),
+                    queue_name,
+                    name,
+                    cluster,
+                    URL,
+                    str(BEAT),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            yield procs
+        finally:
+            for proc in procs.values():
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            for proc in procs.values():
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
 async def _members(coordinator: WorkerCoordinator) -> dict[str, ClusterMember]:
     return {m.worker_id: m for m in await coordinator.members()}
 
@@ -70,30 +117,6 @@ async def _until(what: str, check: object, timeout: float) -> float:
 def test_sigkill_of_the_leader_loses_no_job(
     broker: str, cluster: str, queue_name: str, uno_home: Path
 ) -> None:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p),
-        "UNO_JOBS_BROKER_URL": broker,
-        "UNO_JOBS_HOME": str(uno_home),
-    }
-    logs = {w: open(uno_home.parent / f"{w}.log", "w") for w in WORKERS}  # noqa: SIM115
-    procs = {
-        w: subprocess.Popen(
-            [
-                sys.executable,
-                str(HERE / "cluster_driver.py"),
-                queue_name,
-                w,
-                cluster,
-                URL,
-                str(BEAT),
-            ],
-            env=env,
-            stdout=logs[w],
-            stderr=subprocess.STDOUT,
-        )
-        for w in WORKERS
-    }
 
     async def main() -> None:
         viewer = WorkerCoordinator(URL, cluster, heartbeat_interval=BEAT)
@@ -144,19 +167,8 @@ def test_sigkill_of_the_leader_loses_no_job(
             finally:
                 await viewer.stop()
 
-    try:
+    with cluster_processes(WORKERS, queue_name, cluster, broker, uno_home) as procs:
         run(main)
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for w, proc in procs.items():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            logs[w].close()
 
 
 async def _three_with_leader(viewer: WorkerCoordinator) -> bool:
@@ -170,31 +182,6 @@ def test_jobs_a_dead_worker_held_come_back_at_once(
 ) -> None:
     """Without the coordinator they would wait out the 60 s visibility timeout."""
     broker, cleanup = make_broker_url(kind, visibility_timeout=60.0)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p),
-        "UNO_JOBS_BROKER_URL": broker,
-        "UNO_JOBS_HOME": str(uno_home),
-    }
-    workers = ("r1", "r2")
-    logs = {w: open(uno_home.parent / f"{w}.log", "w") for w in workers}  # noqa: SIM115
-    procs = {
-        w: subprocess.Popen(
-            [
-                sys.executable,
-                str(HERE / "cluster_driver.py"),
-                queue_name,
-                w,
-                cluster,
-                URL,
-                str(BEAT),
-            ],
-            env=env,
-            stdout=logs[w],
-            stderr=subprocess.STDOUT,
-        )
-        for w in workers
-    }
 
     async def main() -> None:
         viewer = WorkerCoordinator(URL, cluster, heartbeat_interval=BEAT)
@@ -236,17 +223,7 @@ def test_jobs_a_dead_worker_held_come_back_at_once(
                 await viewer.stop()
 
     try:
-        run(main)
+        with cluster_processes(("r1", "r2"), queue_name, cluster, broker, uno_home) as procs:
+            run(main)
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for log_file in logs.values():
-            log_file.close()
         cleanup()
