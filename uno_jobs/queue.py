@@ -50,6 +50,25 @@ from uno_jobs.tracing import fail_span, messaging_system, producer_span, tracing
 __all__ = ["JobHandle", "JobSpec", "Queue"]
 
 
+@dataclass(slots=True)
+class _Prepared:
+    """One job between ``_prepare`` and ``_send``: encoded, and its producer span if traced."""
+
+    message: Message
+    encoded: Any
+    delay: float | None
+    span: Any = None
+
+
+def _end_spans(prepared: Iterable[_Prepared], exc: BaseException | None) -> None:
+    """End the producer spans of ``prepared``, recording ``exc`` when sending failed."""
+    for item in prepared:
+        if item.span is not None:
+            if exc is not None:
+                fail_span(item.span, exc)
+            item.span.end()
+
+
 def _start_exporter(item: Any, queue: Queue) -> Any:
     """A metrics exporter for a producer: a plugin's by name (``factory(queue)``) or as is."""
     if isinstance(item, str):
@@ -180,8 +199,6 @@ class Queue:
         self._broker = Broker(self.broker_url)
         self._store: JobStore | None = None
         self._lock = threading.Lock()
-        # Producer spans between _prepare and _send, by job id (Span objects).
-        self._spans: dict[str, Any] = {}
         self._dead_letters = DeadLetters(self.name, self._broker, lambda: self.store)
         self._system = messaging_system(self._broker.spec.kind)
         self._exporters = [_start_exporter(item, self) for item in opts.metrics_exporters]
@@ -253,32 +270,32 @@ class Queue:
         prepared = self._prepare_all(jobs)
         if self._middleware:
             try:
-                for message, _, _ in prepared:
-                    await self._middleware.before_enqueue(self._view(message))
+                for item in prepared:
+                    await self._middleware.before_enqueue(self._view(item.message))
             except BaseException as exc:
-                self._end_spans([m.id for m, _, _ in prepared], exc)
+                _end_spans(prepared, exc)
                 raise
         handles = await asyncio.to_thread(self._send, prepared)
         if self._middleware:
-            for message, _, _ in prepared:
-                await self._middleware.after_enqueue(self._view(message))
+            for item in prepared:
+                await self._middleware.after_enqueue(self._view(item.message))
         return handles
 
     def enqueue_many_sync(self, jobs: Iterable[JobSpec]) -> list[JobHandle]:
         """``enqueue_many`` for sync code. Middleware hooks are not run here."""
         return self._send(self._prepare_all(jobs))
 
-    def _prepare_all(self, jobs: Iterable[JobSpec]) -> list[tuple[Message, Any, float | None]]:
-        prepared: list[tuple[Message, Any, float | None]] = []
+    def _prepare_all(self, jobs: Iterable[JobSpec]) -> list[_Prepared]:
+        prepared: list[_Prepared] = []
         try:
             for spec in jobs:
                 prepared.append(self._prepare(spec))
         except BaseException as exc:
-            self._end_spans([m.id for m, _, _ in prepared], exc)
+            _end_spans(prepared, exc)
             raise
         return prepared
 
-    def _prepare(self, spec: JobSpec) -> tuple[Message, Any, float | None]:
+    def _prepare(self, spec: JobSpec) -> _Prepared:
         if isinstance(spec.task, Task):
             name, default_priority = spec.task.name, spec.task.priority
         elif isinstance(spec.task, str) and spec.task:
@@ -307,78 +324,67 @@ class Queue:
             message.expires = _expires_iso(spec.expires)
         if delay:
             message.eta = _iso(time.time() + delay)
+        span = None
         if tracing_enabled():
             # Its context goes into the headers, so it is started before encoding; the
             # span ends in _send once the broker has the message (or the send failed).
             span = producer_span(self._system, self.name, message.id, name, message.extra_headers)
-            self._spans[message.id] = span
         try:
             encoded = encode(message, max_bytes=self.max_message_bytes)
         except BaseException as exc:
-            self._end_spans([message.id], exc)
+            _end_spans([_Prepared(message, None, delay, span)], exc)
             raise
-        return message, encoded, delay
+        return _Prepared(message, encoded, delay, span)
 
-    def _send(self, prepared: list[tuple[Message, Any, float | None]]) -> list[JobHandle]:
-        ids = [m.id for m, _, _ in prepared]
+    def _send(self, prepared: list[_Prepared]) -> list[JobHandle]:
         try:
-            handles = self._send_and_record(prepared, ids)
+            handles = self._send_and_record(prepared)
         except BaseException as exc:
-            self._end_spans(ids, exc)
+            _end_spans(prepared, exc)
             raise
-        self._end_spans(ids, None)
+        _end_spans(prepared, None)
         if self._events:
-            for m, _, _ in prepared:
-                self._events.job_enqueued(self.name, m.task, m.priority)
+            for item in prepared:
+                self._events.job_enqueued(self.name, item.message.task, item.message.priority)
         return handles
 
-    def _end_spans(self, ids: list[str], exc: BaseException | None) -> None:
-        if not self._spans:
-            return
-        for job_id in ids:
-            span = self._spans.pop(job_id, None)
-            if span is not None:
-                if exc is not None:
-                    fail_span(span, exc)
-                span.end()
-
-    def _send_and_record(
-        self, prepared: list[tuple[Message, Any, float | None]], ids: list[str]
-    ) -> list[JobHandle]:
+    def _send_and_record(self, prepared: list[_Prepared]) -> list[JobHandle]:
+        ids = [item.message.id for item in prepared]
         repeated = first_repeated(ids)
         if repeated is not None:
             raise DuplicateJobError(repeated)
         now = time.time()
         records = [
             JobRecord(
-                id=m.id,
-                task=m.task,
+                id=item.message.id,
+                task=item.message.task,
                 queue=self.name,
-                priority=m.priority,
-                status=JobStatus.SCHEDULED if delay else JobStatus.QUEUED,
+                priority=item.message.priority,
+                status=JobStatus.SCHEDULED if item.delay else JobStatus.QUEUED,
                 enqueued_at=now,
             )
-            for m, _, delay in prepared
+            for item in prepared
         ]
         store = self.store
         store.create_many(records)
         try:
             items = [
-                Outgoing(level_queue_name(self.name, m.priority), enc)
-                for m, enc, delay in prepared
-                if not delay
+                Outgoing(level_queue_name(self.name, item.message.priority), item.encoded)
+                for item in prepared
+                if not item.delay
             ]
             self._broker.publish(items)
-            for m, enc, delay in prepared:
-                if delay:
+            for item in prepared:
+                if item.delay:
+                    m = item.message
                     store.schedule(
                         scheduled_entry(
                             m.id,
                             m.task,
                             self.name,
                             level_queue_name(self.name, m.priority),
-                            now + delay,
-                            enc,
+                            now + item.delay,
+                            item.encoded,
                         )
                     )
         except BaseException:
