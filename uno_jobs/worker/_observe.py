@@ -43,6 +43,10 @@ class _Progress(JobEvents):
     def __init__(self) -> None:
         self.started = self.finished = time.monotonic()
 
+    def reset(self) -> None:
+        """Count from now (the worker starts)."""
+        self.started = self.finished = time.monotonic()
+
     def job_started(self, queue: str, task: str, wait_seconds: float | None) -> None:
         self.started = time.monotonic()
 
@@ -83,7 +87,7 @@ class Observer:
     def start(self) -> None:
         """Start exporters and probes (on the worker's loop, once it is consuming)."""
         worker = self._worker
-        self._progress.__init__()  # type: ignore[misc]
+        self._progress.reset()
         for exporter in self._exporters:
             start = getattr(exporter, "start", None)
             if callable(start):

@@ -68,7 +68,8 @@ class Metrics:
         self.processed = Counter(
             "uno_jobs_processed",
             "Job executions that ended, by outcome: succeeded, failed (for good), retried "
-            "(another attempt follows), worker_lost.",
+            "(another attempt follows), worker_lost, skipped (by a middleware), abandoned "
+            "(handed back by an immediate shutdown).",
             ["queue", "task", "outcome"],
             registry=registry,
         )
