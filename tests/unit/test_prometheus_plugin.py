@@ -461,3 +461,14 @@ def test_other_worker_types_leave_the_multiprocess_setting_alone(
     assert MULTIPROC_ENV not in os.environ
     assert exporter.registry is prometheus_client.REGISTRY
     assert uno_jobs_prometheus.PrometheusExporter is PrometheusExporter
+
+
+def test_a_file_not_yet_initialised_is_skipped_by_a_scrape(tmp_path: Path) -> None:
+    """prometheus-client creates a process's file empty before sizing it: a scrape (or an
+    archive merge) at that moment must not fail on it."""
+    from uno_jobs_prometheus._files import DirectoryCollector, retire_process
+
+    (tmp_path / "counter_4242.db").write_bytes(b"")
+    assert list(DirectoryCollector(str(tmp_path)).collect()) == []
+    assert retire_process(str(tmp_path), 4242) == 1
+    assert not (tmp_path / "counter_4242.db").exists()

@@ -33,6 +33,9 @@ from prometheus_client.registry import Collector
 
 from uno_jobs_prometheus._multiproc import locked
 
+# prometheus-client's file header: the used size (4 bytes) and padding (4 bytes).
+_HEADER_BYTES = 8
+
 __all__ = ["ARCHIVE", "CombinedCollector", "DirectoryCollector", "retire_process"]
 
 ARCHIVE = "archive"
@@ -69,6 +72,8 @@ _COMBINE: dict[str, Callable[[_Value, _Value], _Value]] = {
 
 
 def _read(path: str) -> dict[str, _Value]:
+    if not _started(path):  # a child that died while creating it left it empty
+        return {}
     entries = MmapedDict.read_all_values_from_file(path)  # type: ignore[no-untyped-call]
     return {key: (value, timestamp) for key, value, timestamp, _ in entries}
 
@@ -120,8 +125,18 @@ class DirectoryCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         with locked(self.directory, exclusive=False):
-            files = glob.glob(os.path.join(self.directory, "*.db"))
+            files = [f for f in glob.glob(os.path.join(self.directory, "*.db")) if _started(f)]
             return list(MultiProcessCollector.merge(files, accumulate=True))  # type: ignore[no-untyped-call]
+
+
+def _started(path: str) -> bool:
+    """Whether a process has initialised this file: prometheus-client creates it empty, then
+    sizes it, so a scrape at that moment would fail reading its header. An empty file holds
+    no samples yet; one removed meanwhile holds none either."""
+    try:
+        return os.path.getsize(path) >= _HEADER_BYTES
+    except OSError:
+        return False
 
 
 class CombinedCollector(Collector):
