@@ -134,6 +134,36 @@ def sqs_endpoint() -> str:
     return f"{host}:{port}"
 
 
+def sqs_client() -> Any:
+    """A boto3 SQS client of moto's server (to look at queues as SQS sees them)."""
+    import boto3
+
+    return boto3.client(
+        "sqs",
+        endpoint_url=f"http://{sqs_endpoint()}",
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def sqs_delayed(queue_name: str) -> int:
+    """Messages SQS holds back (``DelaySeconds``) over the level queues of ``queue_name``
+    (kombu names them with ``-`` for ``.``)."""
+    client = sqs_client()
+    total = 0
+    for suffix in ("", "-critical", "-high", "-low"):
+        try:
+            url = client.get_queue_url(QueueName=f"{queue_name}{suffix}")["QueueUrl"]
+        except client.exceptions.QueueDoesNotExist:
+            continue
+        reply = client.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesDelayed"]
+        )
+        total += int(reply["Attributes"]["ApproximateNumberOfMessagesDelayed"])
+    return total
+
+
 @pytest.fixture(params=["embedded", "redis", "amqp", "sqs"])
 def broker_url(request: pytest.FixtureRequest, uno_home: Path) -> Iterator[str]:
     url, cleanup = make_broker_url(request.param)

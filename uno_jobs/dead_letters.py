@@ -29,7 +29,7 @@ from uno_jobs.broker import (
     level_queue_name,
 )
 from uno_jobs.message import PRIORITY_LEVELS, dead_letter_headers, timestamp_from_iso
-from uno_jobs.schedule import scheduled_message
+from uno_jobs.schedule import BROKER_DELAY_HEADER, scheduled_message
 from uno_jobs.store import DeadLetter, JobRecord, JobStatus, JobStore, JobUpdate, ScheduledJob
 
 __all__ = ["CANCELLED_DETAIL", "DeadLetters"]
@@ -220,6 +220,7 @@ def _requeued_headers(headers: Mapping[str, Any], job_id: str, now: float) -> di
     out["retries"] = 0
     out["uno_worker_lost"] = 0
     out["eta"] = None
+    out.pop(BROKER_DELAY_HEADER, None)
     out["uno_enqueued_at"] = now
     expires = out.get("expires")
     if isinstance(expires, str) and _is_past(expires, now):

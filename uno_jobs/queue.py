@@ -3,7 +3,8 @@ cancel jobs; list, requeue and purge dead letters.
 
 Enqueue order: validate and encode (nothing is sent if the arguments are bad) → create
 the job record (a duplicate id is refused) → publish, confirmed on RabbitMQ (or, with a
-delay, write it to the store's schedule) → return the handle. If the publish fails the
+delay, write it to the store's schedule; on SQS a delay of up to 15 minutes is published
+at once with ``DelaySeconds``) → return the handle. If the publish fails the
 record is removed again and the error is raised: a returned job id is a job that exists.
 
 Cancellation adds the job id to the store's cancelled ids before it returns; every worker
@@ -41,7 +42,7 @@ from uno_jobs.events import EventHub, JobEvents
 from uno_jobs.message import DEFAULT_MAX_MESSAGE_BYTES, Message, encode, new_message, parse_priority
 from uno_jobs.middleware import Middleware, MiddlewareChain, job_fields, job_view
 from uno_jobs.plugins import get_plugins
-from uno_jobs.schedule import scheduled_entry
+from uno_jobs.schedule import mark_broker_delay, scheduled_entry
 from uno_jobs.store import DeadLetter, JobRecord, JobStatus, JobStore, open_store
 from uno_jobs.store._base import first_repeated
 from uno_jobs.tasks import Task, get_default_registry
@@ -52,12 +53,17 @@ __all__ = ["JobHandle", "JobSpec", "Queue"]
 
 @dataclass(slots=True)
 class _Prepared:
-    """One job between ``_prepare`` and ``_send``: encoded, and its producer span if traced."""
+    """One job between ``_prepare`` and ``_send``: encoded, and its producer span if traced.
+
+    ``held_seconds``: the broker holds the message back this long (SQS ``DelaySeconds``)
+    instead of the store's schedule holding the job for ``delay``.
+    """
 
     message: Message
     encoded: Any
     delay: float | None
     span: Any = None
+    held_seconds: int | None = None
 
 
 def _end_spans(prepared: Iterable[_Prepared], exc: BaseException | None) -> None:
@@ -322,8 +328,12 @@ class Queue:
         )
         if spec.expires is not None:
             message.expires = _expires_iso(spec.expires)
+        held_seconds = None
         if delay:
             message.eta = _iso(time.time() + delay)
+            routing_key = level_queue_name(self.name, priority)
+            held_seconds = self._broker.spec.delay_seconds(routing_key, delay)
+            mark_broker_delay(message.extra_headers, held_seconds)
         span = None
         if tracing_enabled():
             # Its context goes into the headers, so it is started before encoding; the
@@ -334,7 +344,7 @@ class Queue:
         except BaseException as exc:
             _end_spans([_Prepared(message, None, delay, span)], exc)
             raise
-        return _Prepared(message, encoded, delay, span)
+        return _Prepared(message, encoded, delay, span, held_seconds)
 
     def _send(self, prepared: list[_Prepared]) -> list[JobHandle]:
         try:
@@ -368,14 +378,21 @@ class Queue:
         store = self.store
         store.create_many(records)
         try:
+            # Jobs the broker holds back go out now with the others (their records say
+            # "scheduled" until a worker starts them); the rest of the delayed ones wait
+            # in the store's schedule.
             items = [
-                Outgoing(level_queue_name(self.name, item.message.priority), item.encoded)
+                Outgoing(
+                    level_queue_name(self.name, item.message.priority),
+                    item.encoded,
+                    item.held_seconds,
+                )
                 for item in prepared
-                if not item.delay
+                if not item.delay or item.held_seconds
             ]
             self._broker.publish(items)
             for item in prepared:
-                if item.delay:
+                if item.delay and not item.held_seconds:
                     m = item.message
                     store.schedule(
                         scheduled_entry(
@@ -451,7 +468,10 @@ class Queue:
           ``q.dead``.
         - ``queued`` or ``retrying``: its message is on the broker; the worker that
           receives it dead-letters it (reason ``cancelled``) instead of running it.
-        - ``scheduled``: a worker is publishing it right now; as for ``queued``.
+        - ``scheduled``: its message is on the broker, held back until due (an SQS
+          delay of up to 15 minutes, ``DelaySeconds``), or a worker is publishing it
+          right now; as for ``queued``: it stays ``scheduled`` until it is delivered,
+          then it is dead-lettered ``cancelled``.
         - ``running``: not interrupted; no further attempt will start.
         - a finished status: it finished between the check and the cancellation.
 

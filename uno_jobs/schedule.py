@@ -1,6 +1,9 @@
 """Delayed jobs: kept in the store until due, then published (DESIGN.md §2).
 
-A delayed job or retry is never held unacknowledged in a worker's memory. It is written to
+A delayed job or retry is never held unacknowledged in a worker's memory. On SQS a delay
+of up to 15 minutes is held by SQS itself (``DelaySeconds``, see
+``BrokerSpec.delay_seconds``): the message is published at once, marked with
+``BROKER_DELAY_HEADER``, and arrives when due. Any other delay is written to
 the store's schedule (``JobStore.schedule``) and every worker runs a ``DueJobMover`` that
 claims due entries atomically (a Lua script on Redis, ``UPDATE … RETURNING`` on SQLite),
 publishes them and releases them. A mover that dies between claim and publish leaves its
@@ -20,9 +23,35 @@ from uno_jobs.broker import Broker, Outgoing
 from uno_jobs.message import Encoded
 from uno_jobs.store import JobStatus, JobStore, JobUpdate, ScheduledJob
 
-__all__ = ["DueJobMover", "scheduled_entry"]
+__all__ = [
+    "BROKER_DELAY_HEADER",
+    "BROKER_DELAY_TOLERANCE_SECONDS",
+    "DueJobMover",
+    "mark_broker_delay",
+    "scheduled_entry",
+]
 
 log = logging.getLogger("uno_jobs.schedule")
+
+#: Header of a message the broker holds back until its ``eta`` (SQS ``DelaySeconds``); its
+#: value is the seconds asked for. Such a message arrives when due by the producer's clock.
+BROKER_DELAY_HEADER = "uno_broker_delay"
+
+#: How far a broker-held message's ``eta`` may still be ahead of the receiving worker's
+#: clock and the job run anyway: clocks of hosts differ by some milliseconds to hundreds
+#: of them, and sending the message back to wait for that long would cost a round trip
+#: and a store write for nothing. Further ahead, the worker defers it as any early one.
+BROKER_DELAY_TOLERANCE_SECONDS = 1.0
+
+
+def mark_broker_delay(headers: dict[str, Any], seconds: int | None) -> None:
+    """Mark ``headers`` as those of a message the broker holds for ``seconds``, or, with
+    ``None``, clear a mark an earlier send left (a retry or a deferral re-sends headers)."""
+    if seconds:
+        headers[BROKER_DELAY_HEADER] = seconds
+    else:
+        headers.pop(BROKER_DELAY_HEADER, None)
+
 
 _CLAIM_LIMIT = 200
 _LEASE_SECONDS = 30.0

@@ -9,6 +9,7 @@ LPUSH reply is the confirmation, on the embedded broker the SQLite commit.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import threading
@@ -37,10 +38,24 @@ _CLOSE_TIMEOUT_SECONDS = 1.0
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One message to publish to the broker queue ``routing_key``."""
+    """One message to publish to the broker queue ``routing_key``.
+
+    ``delay_seconds``: whole seconds the broker itself holds the message back (SQS's
+    ``DelaySeconds``, see ``BrokerSpec.delay_seconds``); only SQS takes one.
+    """
 
     routing_key: str
     encoded: Encoded
+    delay_seconds: int | None = None
+
+    def wire_encoded(self) -> Encoded:
+        """The message as published: with a delay, kombu's SQS channel reads it from the
+        ``DelaySeconds`` property (and keeps it in the envelope it sends, so it counts
+        towards the message's size)."""
+        if not self.delay_seconds:
+            return self.encoded
+        properties = {**self.encoded.properties, "DelaySeconds": self.delay_seconds}
+        return dataclasses.replace(self.encoded, properties=properties)
 
 
 class _Confirms:
@@ -110,17 +125,18 @@ class PublishSession:
                 not confirm within ``confirm_timeout``.
         """
         try:
+            self._check_delays(items)
             producer = self._ensure()
             for item in items:
                 self.declare(item.routing_key)
+            wire = [(item.routing_key, item.wire_encoded()) for item in items]
             if self._sqs_sizes is not None:
-                self._sqs_sizes.check(self._channel, [(i.routing_key, i.encoded) for i in items])
-            for item in items:
-                enc = item.encoded
+                self._sqs_sizes.check(self._channel, wire)
+            for routing_key, enc in wire:
                 producer.publish(
                     enc.body,
-                    exchange=item.routing_key,
-                    routing_key=item.routing_key,
+                    exchange=routing_key,
+                    routing_key=routing_key,
                     headers=enc.headers,
                     content_type=enc.content_type,
                     content_encoding=enc.content_encoding,
@@ -140,6 +156,17 @@ class PublishSession:
             if _is_connection_problem(self._conn, exc):
                 raise BrokerUnavailableError(self.spec.display, _describe(exc)) from None
             raise
+
+    def _check_delays(self, items: Sequence[Outgoing]) -> None:
+        """A broker-held delay on a broker that cannot hold one is a bug of the caller:
+        the message would arrive at once, before its time."""
+        for item in items:
+            if item.delay_seconds and self.spec.delay_seconds(item.routing_key, 1) is None:
+                raise ValueError(
+                    f"broker {self.spec.display}: queue {item.routing_key!r} cannot hold a "
+                    f"message back ({item.delay_seconds} s asked); delays of this broker "
+                    "wait in the job store's schedule"
+                )
 
     def _wait_for_confirms(self) -> None:
         confirms = self._confirms

@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from kombu.connection import Connection
 
+from uno_jobs.broker._sqs import sqs_delay_seconds
 from uno_jobs.config import EMBEDDED_SCHEME, embedded_broker_path, redact_url
 from uno_jobs.errors import ConfigurationError
 
@@ -79,6 +80,16 @@ class BrokerSpec:
         return {"amqp": "rabbitmq", "redis": "redis", "sqs": "aws_sqs"}.get(
             self.kind, "uno_jobs_embedded"
         )
+
+    def delay_seconds(self, routing_key: str, delay: float) -> int | None:
+        """Whole seconds for which this broker itself can hold back a message to
+        ``routing_key`` so it arrives no sooner than ``delay`` seconds from now, or
+        ``None`` when it cannot and the delay waits in the job store's schedule.
+
+        Only SQS can (``DelaySeconds``, up to 15 minutes, not on FIFO queues); RabbitMQ,
+        Redis and the embedded broker have no per-message delay that kombu sends.
+        """
+        return sqs_delay_seconds(routing_key, delay) if self.kind == "sqs" else None
 
     def connection(self) -> Connection:
         """A new, not yet connected kombu connection for this broker."""

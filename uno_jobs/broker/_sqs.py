@@ -1,10 +1,16 @@
-"""SQS specifics kombu leaves out: message size after kombu's encoding.
+"""SQS specifics kombu leaves out: message size after kombu's encoding, per-message delays.
 
 kombu's SQS transport wraps a message twice: the body goes base64 into a JSON envelope
 with its headers and properties, and the envelope is base64-encoded again
 (``sqs_base64_encoding``, on by default). A body well under SQS's limit can therefore be
-refused by SQS; :func:`check_sizes` measures the message as kombu will send it and refuses
+refused by SQS; :meth:`SqsSizes.check` measures the message as kombu will send it and refuses
 it first, naming the job, against the queue's own ``MaximumMessageSize``.
+
+SQS can hold a message back itself for up to 15 minutes (``DelaySeconds`` on
+``SendMessage``); :func:`sqs_delay_seconds` says whether a delay fits. kombu's SQS channel
+passes a ``DelaySeconds`` message property on to ``send_message`` for a standard queue; on
+a FIFO queue (a ``.fifo`` name) it drops the property (SQS refuses per-message delays
+there), so such a delay is never given to SQS but kept in the job store's schedule.
 """
 
 from __future__ import annotations
@@ -19,10 +25,26 @@ from kombu.utils.json import dumps
 from uno_jobs.errors import PayloadError
 from uno_jobs.message import Encoded
 
-__all__ = ["SqsSizes", "wire_size"]
+__all__ = ["MAX_DELAY_SECONDS", "SqsSizes", "sqs_delay_seconds", "wire_size"]
 
 #: SQS's default ``MaximumMessageSize`` (a queue may be set lower).
 DEFAULT_SQS_MAX_BYTES = 262_144
+
+#: The longest per-message delay SQS takes (``DelaySeconds``, whole seconds).
+MAX_DELAY_SECONDS = 900
+
+
+def sqs_delay_seconds(routing_key: str, delay: float) -> int | None:
+    """Whole seconds of ``DelaySeconds`` that hold a message back at least ``delay``
+    seconds, or ``None`` when SQS cannot hold it (longer than 15 minutes, a FIFO queue,
+    or no delay at all).
+
+    Rounded up, never down: the message must not arrive before its ``eta``.
+    """
+    if delay <= 0 or routing_key.endswith(".fifo"):
+        return None
+    seconds = math.ceil(delay)
+    return seconds if seconds <= MAX_DELAY_SECONDS else None
 
 
 def wire_size(channel: Any, routing_key: str, encoded: Encoded) -> int:

@@ -49,7 +49,7 @@ from uno_jobs.message import (
 from uno_jobs.metrics import WorkerStats
 from uno_jobs.middleware import MiddlewareChain, job_fields, job_view
 from uno_jobs.plugins import get_plugins
-from uno_jobs.schedule import DueJobMover
+from uno_jobs.schedule import BROKER_DELAY_HEADER, BROKER_DELAY_TOLERANCE_SECONDS, DueJobMover
 from uno_jobs.store import JobStatus, JobStore, JobUpdate, open_store
 from uno_jobs.tasks import Task, TaskResolver, get_default_registry
 from uno_jobs.tracing import consumer_span, fail_span, messaging_system, tracing_enabled
@@ -473,7 +473,7 @@ class BaseWorker:
                 return
             if await self._refuse_expired_or_lost(run, message):
                 return
-            due_at = _future_eta(message.eta)
+            due_at = _future_eta(message.eta, _eta_tolerance(message))
             if due_at is not None:
                 assert self._outcomes is not None
                 self._outcomes.defer(delivery, message, due_at)
@@ -640,15 +640,25 @@ def _effective_timeout(task_timeout: float | None, max_job_duration: float | Non
     return min(limits) if limits else None
 
 
-def _future_eta(iso: str | None) -> float | None:
-    """The POSIX time of an ``eta`` that is still ahead, else ``None`` (run it now)."""
+def _future_eta(iso: str | None, tolerance: float = 0.0) -> float | None:
+    """The POSIX time of an ``eta`` still more than ``tolerance`` seconds ahead, else
+    ``None`` (run it now)."""
     if iso is None:
         return None
     try:
         due_at = timestamp_from_iso(iso)
     except ValueError:
         return None
-    return due_at if due_at > time.time() else None
+    return due_at if due_at > time.time() + tolerance else None
+
+
+def _eta_tolerance(message: Message) -> float:
+    """A message the broker held back until its ``eta`` (SQS ``DelaySeconds``, rounded
+    up) is due by the producer's clock: a clock here slightly behind it must not send it
+    round again. Any other early message waits for its ``eta`` exactly."""
+    if message.extra_headers.get(BROKER_DELAY_HEADER):
+        return BROKER_DELAY_TOLERANCE_SECONDS
+    return 0.0
 
 
 def _is_past(iso: str) -> bool:

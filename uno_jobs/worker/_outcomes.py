@@ -24,7 +24,7 @@ from uno_jobs.metrics import WorkerStats
 from uno_jobs.middleware import MiddlewareError
 from uno_jobs.plugins import get_plugins
 from uno_jobs.retry import RetryContext, RetryPolicy, is_retryable
-from uno_jobs.schedule import scheduled_entry
+from uno_jobs.schedule import mark_broker_delay, scheduled_entry
 from uno_jobs.store import JobStatus, JobUpdate
 from uno_jobs.store._base import ATTEMPT_ERROR, AttemptError
 from uno_jobs.tasks import Task
@@ -235,20 +235,24 @@ class Outcomes:
     ) -> None:
         """Record the failed attempt and send the job again, now or after ``delay``.
 
-        A delayed retry goes to the store's schedule (never held in memory); the message
-        is acked only once the retry is recorded (scheduled, or published).
+        A delayed retry is never held in memory: on SQS, up to 15 minutes, it is
+        published at once with ``DelaySeconds``; otherwise it goes to the store's
+        schedule. The message is acked only once the retry is recorded (scheduled) and,
+        when it is sent now, published.
         """
         self._stats.job_finished(False, duration)
         self._log_failure(message, exc, f"; retrying in {delay:.3g} s")
         now = time.time()
+        routing_key = level_queue_name(self._queue, message.priority)
+        held_seconds = self._consumer.spec.delay_seconds(routing_key, delay) if delay else None
         again = dataclasses.replace(
             message,
             retries=message.retries + 1,
             eta=iso_from_timestamp(now + delay) if delay else None,
             extra_headers=dict(message.extra_headers),
         )
+        mark_broker_delay(again.extra_headers, held_seconds)
         encoded = encode(again, max_bytes=_RETRY_MAX_BYTES)
-        routing_key = level_queue_name(self._queue, message.priority)
         fields = {
             "status": JobStatus.SCHEDULED if delay else JobStatus.RETRYING,
             "attempts": message.attempt,
@@ -256,33 +260,43 @@ class Outcomes:
         }
         fields[ATTEMPT_ERROR] = self._attempt_error(message, fields, now)
         update = self._update(message, fields)
-        tag, consumer = delivery.tag, self._consumer
-        if delay:
+        if delay and not held_seconds:
             entry = scheduled_entry(
                 message.id, message.task, self._queue, routing_key, now + delay, encoded
             )
+            tag, consumer = delivery.tag, self._consumer
             self._recorder.put(Entry([update], schedule=entry, after=lambda: consumer.ack(tag)))
         else:
-            outgoing = Outgoing(routing_key, encoded)
-            self._recorder.put(
-                Entry([update], after=lambda: consumer.publish_then_ack(tag, outgoing))
-            )
+            self._send_then_ack(delivery, update, Outgoing(routing_key, encoded, held_seconds))
 
     def defer(self, delivery: Delivery, message: Message, due_at: float) -> None:
         """A delivery whose ``eta`` is still ahead (a Celery ``countdown``/``eta``): the job
-        waits in the store's schedule until then, and the message is acked once it does.
+        waits until then (in SQS with ``DelaySeconds`` when it can, else in the store's
+        schedule) and the message is acked once it does.
 
         Celery's own worker holds such a message unacknowledged until its time; uno_jobs
         never does (DESIGN.md §2, "Retries and delays").
         """
-        encoded = encode(message, max_bytes=_RETRY_MAX_BYTES)
         routing_key = level_queue_name(self._queue, message.priority)
-        entry = scheduled_entry(message.id, message.task, self._queue, routing_key, due_at, encoded)
+        held_seconds = self._consumer.spec.delay_seconds(routing_key, due_at - time.time())
+        again = dataclasses.replace(message, extra_headers=dict(message.extra_headers))
+        mark_broker_delay(again.extra_headers, held_seconds)
+        encoded = encode(again, max_bytes=_RETRY_MAX_BYTES)
         update = self._update(
             message, {"status": JobStatus.SCHEDULED, "priority": message.priority}
         )
+        if held_seconds:
+            self._send_then_ack(delivery, update, Outgoing(routing_key, encoded, held_seconds))
+            return
+        entry = scheduled_entry(message.id, message.task, self._queue, routing_key, due_at, encoded)
         tag, consumer = delivery.tag, self._consumer
         self._recorder.put(Entry([update], schedule=entry, after=lambda: consumer.ack(tag)))
+
+    def _send_then_ack(self, delivery: Delivery, update: JobUpdate, outgoing: Outgoing) -> None:
+        """Record ``update``, then publish ``outgoing`` and ack the delivery once the broker
+        has it (a failed publish leaves the delivery to come again)."""
+        tag, consumer = delivery.tag, self._consumer
+        self._recorder.put(Entry([update], after=lambda: consumer.publish_then_ack(tag, outgoing)))
 
     def dead_if_lost_too_often(self, delivery: Delivery, message: Message) -> bool:
         if message.worker_lost < WORKER_LOST_LIMIT:
