@@ -360,10 +360,14 @@ def dead_cli(env: dict[str, str], broker_url: str, *args: str) -> subprocess.Com
 
 
 async def cancelled_jobs(queue: Queue, count: int) -> list[str]:
-    """Delayed jobs cancelled at once: dead letters (``cancelled``) without a worker."""
+    """Delayed jobs cancelled at once: dead letters (``cancelled``) without a worker.
+
+    An hour's delay waits in the store's schedule on every broker (SQS itself holds up to
+    15 minutes, and a job it holds is dead-lettered only once delivered).
+    """
     ids = []
     for i in range(count):
-        job = await queue.enqueue("contract.add", [i, 10], delay=60)
+        job = await queue.enqueue("contract.add", [i, 10], delay=3600)
         assert await queue.cancel(job.id) == JobStatus.DEAD
         ids.append(job.id)
     return ids
