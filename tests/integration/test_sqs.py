@@ -217,5 +217,6 @@ def test_a_message_sqs_held_runs_though_its_eta_is_a_little_ahead_of_this_clock(
                 assert started < eta, "run at once, not sent round to wait 0.9 s"
             else:
                 assert started >= eta, "an unmarked eta is waited for exactly"
+                assert queue.store.scheduled_count() == 0, "deferred in SQS, not the store"
 
     run(main)
