@@ -3,7 +3,8 @@
 See ``../shared/spec/WORKERS.md`` for the user-facing specification.
 """
 
-from uno_jobs.coordination import WorkerCoordinator
+from typing import TYPE_CHECKING, Any
+
 from uno_jobs.worker._base import BaseWorker, WorkerState
 from uno_jobs.worker._distributed import DistributedWorker, DistributedWorkerOptions
 from uno_jobs.worker._executors import JobTimeLimitExceeded
@@ -36,3 +37,15 @@ __all__ = [
     "WorkerPoolOptions",
     "WorkerState",
 ]
+
+if TYPE_CHECKING:
+    from uno_jobs.coordination import WorkerCoordinator
+
+
+def __getattr__(name: str) -> Any:
+    # The coordinator needs redis-py (~18 MB and 0.2 s to import): loaded on first use.
+    if name == "WorkerCoordinator":
+        from uno_jobs.coordination import WorkerCoordinator
+
+        return WorkerCoordinator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

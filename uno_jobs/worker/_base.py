@@ -21,7 +21,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Coroutine
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from uno_jobs.broker import (
     Broker,
@@ -29,7 +29,6 @@ from uno_jobs.broker import (
     Delivery,
     level_queues,
 )
-from uno_jobs.celery_results import CeleryResults
 from uno_jobs.config import resolve_allowed_modules, resolve_broker_url, resolve_store_url
 from uno_jobs.dead_letters import CANCELLED_DETAIL
 from uno_jobs.errors import (
@@ -60,6 +59,9 @@ from uno_jobs.worker._observe import Observer
 from uno_jobs.worker._options import WorkerOptions, build_options
 from uno_jobs.worker._outcomes import Outcomes, RetryDecider
 from uno_jobs.worker._recorder import Entry, Recorder
+
+if TYPE_CHECKING:
+    from uno_jobs.celery_results import CeleryResults
 
 __all__ = ["BaseWorker", "WorkerState"]
 
@@ -199,6 +201,9 @@ class BaseWorker:
         self._broker = Broker(self.broker_url)
         self._store = open_store(self.store_url)
         if opts.celery_results_url is not None:
+            # Imported here: it needs redis-py, which costs ~18 MB to import.
+            from uno_jobs.celery_results import CeleryResults
+
             self._celery_results = CeleryResults(opts.celery_results_url)
         self._recorder = Recorder(self._store, self.worker_id, self._celery_results)
         self._recorder.start()
