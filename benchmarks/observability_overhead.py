@@ -18,6 +18,15 @@ interleave the modes; medians are compared, and the per-job cost is
     .venv/bin/python benchmarks/observability_overhead.py [--jobs 5000] [--rounds 5] [--broker URL]
 
 Targets (issue "Observability"): ``all`` >= 60% of ``off``; ``sampled`` >= 85%.
+
+The floor: each round also measures, in a fresh interpreter with the same SDK set-up, what
+the OpenTelemetry SDK and prometheus-client cost per job by themselves, outside any
+worker: the exact calls a consumer span needs (extract the context from the headers,
+``start_span`` with its link and attributes, make it current, set the outcome, end it;
+CPU of all threads, so the BatchSpanProcessor's export thread with its protobuf encoding
+is included) for sampled and unsampled parents, and the five prometheus-client updates
+of one job. ``ceiling = off / (off + floor)`` is the best ratio any worker calling those
+libraries could reach at this baseline; the report prints it beside each target.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 MODES = ("off", "all", "sampled", "metrics", "traces", "traces10")
 _TRACED = {"all", "sampled", "traces", "traces10"}
@@ -105,6 +115,91 @@ def child(mode: str, broker: str, jobs: int) -> None:
     print(f"RATE {rate:.1f}", flush=True)
 
 
+FLOOR_SPANS = 20_000
+
+
+def floor_child() -> None:
+    """Runs in a subprocess: the libraries' own cost per job, printed as ``FLOOR ...``."""
+    from opentelemetry import context, propagate, trace
+    from opentelemetry.trace import Link, SpanKind
+
+    from uno_jobs.tracing import configure_sdk, shutdown_sdk
+
+    assert configure_sdk("uno-bench-floor"), "OTEL_EXPORTER_OTLP_ENDPOINT missing"
+    provider: Any = trace.get_tracer_provider()
+    tracer = provider.get_tracer("floor")
+    results = {}
+    for sampled in (True, False):
+        carriers = []
+        for _ in range(FLOOR_SPANS):
+            producer = tracer.start_span("send q", kind=SpanKind.PRODUCER)
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier, context=trace.set_span_in_context(producer))
+            if not sampled:  # as a producer that sampled this trace out would send it
+                carrier["traceparent"] = carrier["traceparent"][:-2] + "00"
+            producer.end()
+            carriers.append(carrier)
+        provider.force_flush()
+        started = time.process_time()
+        for n, carrier in enumerate(carriers):
+            parent = propagate.extract(carrier)
+            link = trace.get_current_span(parent).get_span_context()
+            span = tracer.start_span(
+                "process q",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                links=[Link(link)],
+                attributes={
+                    "messaging.system": "rabbitmq",
+                    "messaging.destination.name": "q",
+                    "messaging.message.id": str(n),
+                    "messaging.operation.type": "process",
+                    "messaging.operation.name": "process",
+                    "uno_jobs.task": "bench.observe_noop",
+                    "uno_jobs.attempt": 1,
+                },
+            )
+            token = context.attach(trace.set_span_in_context(span))
+            span.set_attribute("uno_jobs.outcome", "succeeded")
+            context.detach(token)
+            span.end()
+        provider.force_flush()
+        results[sampled] = (time.process_time() - started) / FLOOR_SPANS * 1e6
+    shutdown_sdk()
+
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+    registry = CollectorRegistry()
+    labels = ("queue", "task")
+    processed = Counter("p", "p", [*labels, "outcome"], registry=registry).labels("q", "t", "ok")
+    duration = Histogram("d", "d", labels, registry=registry).labels("q", "t")
+    wait = Histogram("w", "w", labels, registry=registry).labels("q", "t")
+    running = Gauge("r", "r", labels, registry=registry).labels("q", "t")
+    started = time.process_time()
+    for _ in range(FLOOR_SPANS):
+        wait.observe(0.003)
+        running.inc()
+        processed.inc()
+        duration.observe(0.0002)
+        running.dec()
+    metrics_us = (time.process_time() - started) / FLOOR_SPANS * 1e6
+    print(f"FLOOR {results[True]:.2f} {results[False]:.2f} {metrics_us:.2f}", flush=True)
+
+
+def measure_floor(endpoint: str) -> tuple[float, float, float]:
+    """µs per job: a sampled consumer span, an unsampled one, a job's metric updates."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoint
+    done = subprocess.run(
+        [sys.executable, __file__, "--floor"], env=env, capture_output=True, text=True, timeout=600
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("FLOOR ")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"floor run failed:\n{done.stderr[-3000:]}")
+    sampled, unsampled, metrics_us = (float(x) for x in lines[-1].split()[1:])
+    return sampled, unsampled, metrics_us
+
+
 def measure(mode: str, broker: str, jobs: int, endpoint: str, home: str) -> float:
     env = {**os.environ, "UNO_JOBS_HOME": home}
     for name in list(env):
@@ -135,7 +230,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--broker", default="amqp://guest:guest@127.0.0.1:5672//")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.floor:
+        floor_child()
+        return 0
     if args.child:
         child(args.child, args.broker, args.jobs)
         return 0
@@ -143,6 +242,7 @@ def main() -> int:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     endpoint = f"http://127.0.0.1:{server.server_address[1]}"
     rates: dict[str, list[float]] = {mode: [] for mode in MODES}
+    floors: list[tuple[float, float, float]] = []
     print(
         f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.2f} broker={args.broker} "
         f"jobs={args.jobs} rounds={args.rounds} python={sys.version.split()[0]}"
@@ -154,8 +254,31 @@ def main() -> int:
                 rate = measure(mode, args.broker, args.jobs, endpoint, home)
                 rates[mode].append(rate)
                 print(f"round {round_no}: {mode:>7} {rate:,.0f} jobs/s", flush=True)
+            floors.append(measure_floor(endpoint))
+            sampled_us, unsampled_us, metrics_us = floors[-1]
+            print(
+                f"round {round_no}:   floor sampled span {sampled_us:.1f} us, unsampled "
+                f"{unsampled_us:.1f} us, metrics {metrics_us:.1f} us per job",
+                flush=True,
+            )
     server.shutdown()
     off = statistics.median(rates["off"])
+    sampled_us, unsampled_us, metrics_us = (
+        statistics.median(floor[i] for floor in floors) for i in range(3)
+    )
+    off_us = 1e6 / off
+    floor_us = {
+        "all": sampled_us + metrics_us,
+        "sampled": 0.1 * sampled_us + 0.9 * unsampled_us + metrics_us,
+        "metrics": metrics_us,
+        "traces": sampled_us,
+        "traces10": 0.1 * sampled_us + 0.9 * unsampled_us,
+    }
+    print(
+        f"   floor: medians: sampled consumer span {sampled_us:.1f} us, unsampled "
+        f"{unsampled_us:.1f} us, a job's metric updates {metrics_us:.1f} us; off = "
+        f"{off_us:.0f} us per job"
+    )
     failed = False
     for mode in MODES[1:]:
         on = statistics.median(rates[mode])
@@ -165,9 +288,11 @@ def main() -> int:
         verdict = "" if target is None else f" ({'PASS' if ratio >= target else 'FAIL'}: "
         verdict += "" if target is None else f"target >= {target:.2f})"
         failed = failed or (target is not None and ratio < target)
+        ceiling = off_us / (off_us + floor_us[mode])
         print(
             f"{mode:>8}: median {on:,.0f}/s vs off {off:,.0f}/s, ratio {ratio:.2f}, "
-            f"{cost_us:.0f} us per job{verdict}"
+            f"{cost_us:.0f} us per job (libraries' floor {floor_us[mode]:.0f} us: "
+            f"ceiling {ceiling:.2f}){verdict}"
         )
     print(f"load={os.getloadavg()[0]:.2f}")
     return 1 if failed else 0
