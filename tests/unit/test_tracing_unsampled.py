@@ -1,0 +1,93 @@
+"""consumer_span under an unsampled remote parent, with the SDK that configure_sdk installs.
+
+With a parent-based sampler the span is made without the SDK (``_unsampled_child``); it
+must be the span the SDK would have made. Each case runs in a fresh interpreter: a
+process sets its tracer provider once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+_SCRIPT = r"""
+import json, os
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from uno_jobs import tracing
+
+assert tracing.configure_sdk("test")
+provider = trace.get_tracer_provider()
+recorded = InMemorySpanExporter()
+provider.add_span_processor(SimpleSpanProcessor(recorded))
+parent_span_id = "00f067aa0ba902b7"
+trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+out = {}
+for flags in ("00", "01"):
+    headers = {"traceparent": f"00-{trace_id}-{parent_span_id}-{flags}", "tracestate": "k=v"}
+    with tracing.consumer_span("redis", "q", "j", "t", 1, headers) as span:
+        recording = span.is_recording()
+        inner = trace.get_tracer("task").start_span("inner")
+        inner_recording = inner.is_recording()
+        inner.end()
+    sdk = provider.get_tracer("x").start_span("p", context=propagate.extract(headers))
+    ours, theirs = span.get_span_context(), sdk.get_span_context()
+    out[flags] = {
+        "type": type(span).__name__,
+        "sdk_type": type(sdk).__name__,
+        "recording": recording,
+        "trace_id": format(ours.trace_id, "032x"),
+        "new_span_id": format(ours.span_id, "016x") != parent_span_id and ours.span_id != 0,
+        "sampled": ours.trace_flags.sampled,
+        "sdk_sampled": theirs.trace_flags.sampled,
+        "trace_state": dict(ours.trace_state),
+        "sdk_trace_state": dict(theirs.trace_state),
+        "remote": ours.is_remote,
+        "inner_recording": inner_recording,
+    }
+print("RESULT " + json.dumps(out), flush=True)
+os._exit(0)  # nothing to export: the endpoint below does not exist
+"""
+
+
+def _run(sampler: str | None) -> dict[str, dict[str, object]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://127.0.0.1:9"
+    if sampler is not None:
+        env["OTEL_TRACES_SAMPLER"] = sampler
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, timeout=60
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stderr[-2000:]
+    result: dict[str, dict[str, object]] = json.loads(lines[-1][len("RESULT ") :])
+    return result
+
+
+@pytest.mark.parametrize("sampler", [None, "parentbased_traceidratio"])
+def test_an_unsampled_parent_gives_the_span_the_sdk_would_make(sampler: str | None) -> None:
+    result = _run(sampler)
+    unsampled = result["00"]
+    assert unsampled["type"] == unsampled["sdk_type"] == "NonRecordingSpan"
+    assert unsampled["recording"] is False
+    assert unsampled["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert unsampled["new_span_id"] is True
+    assert unsampled["sampled"] is False and unsampled["sdk_sampled"] is False
+    assert unsampled["trace_state"] == unsampled["sdk_trace_state"] == {"k": "v"}
+    assert unsampled["remote"] is False
+    assert unsampled["inner_recording"] is False
+    sampled = result["01"]
+    assert sampled["recording"] is True and sampled["inner_recording"] is True
+
+
+def test_a_sampler_that_ignores_the_parent_still_decides() -> None:
+    # always_on samples whatever the parent says: the SDK must be asked, not bypassed.
+    unsampled = _run("always_on")["00"]
+    assert unsampled["recording"] is True
+    assert unsampled["sampled"] is True
+    assert unsampled["inner_recording"] is True
