@@ -17,9 +17,11 @@ import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import cluster_tasks
 import pytest
+import redis
 from conftest import REDIS_DB, REDIS_HOST, delete_redis_prefix, make_broker_url, opened, run
 
 from uno_jobs import JobStatus
@@ -61,9 +63,11 @@ def cluster_processes(
 
     On exit, those still running get SIGTERM (SIGKILL after 30 s) and are reaped.
     """
+    # The repository root too: the workers run the uno_jobs under test, not an installed one.
+    paths = (str(HERE), str(HERE.parent.parent), os.environ.get("PYTHONPATH"))
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p),
+        "PYTHONPATH": os.pathsep.join(p for p in paths if p),
         "UNO_JOBS_BROKER_URL": broker,
         "UNO_JOBS_HOME": str(uno_home),
     }
@@ -227,3 +231,74 @@ def test_jobs_a_dead_worker_held_come_back_at_once(
             run(main)
     finally:
         cleanup()
+
+
+@pytest.mark.parametrize("survivor", ["r2", "r1"])
+def test_jobs_a_dead_worker_fetched_after_its_last_heartbeat_come_back_at_once(
+    survivor: str, cluster: str, queue_name: str, uno_home: Path
+) -> None:
+    """r1 freezes its event loop (no more heartbeats) while its consumer thread fetches
+    three more jobs, and is killed: its last heartbeat predates them. The survivor,
+    started then, recovers them through r1's owner set; without it they would wait out the
+    300 s visibility timeout. r2 sweeps r1's entry; a new r1 (a restart with the same id,
+    nobody else alive to sweep) takes the entry over and recovers it."""
+    broker, cleanup = make_broker_url("redis", visibility_timeout=300.0)
+    prefix = parse_qs(urlsplit(broker).query)["key_prefix"][0]
+    raw = redis.Redis.from_url(URL)
+    marker = uno_home.parent / "r1-frozen"
+
+    async def main() -> None:
+        viewer = WorkerCoordinator(URL, cluster, heartbeat_interval=BEAT)
+        async with opened(queue_name, broker) as queue:
+            try:
+                with cluster_processes(("r1",), queue_name, cluster, broker, uno_home) as procs:
+
+                    async def r1_member() -> bool:
+                        return "r1" in await _members(viewer)
+
+                    await _until("r1 joins", r1_member, timeout=60)
+                    frozen = await queue.enqueue(cluster_tasks.freeze, args=[str(marker), 120.0])
+                    await _until("r1 freezes", lambda: _true(marker.exists()), timeout=30)
+                    # Its window is 4: the frozen job and these three.
+                    jobs = [
+                        await queue.enqueue(cluster_tasks.slow, args=[n, 0.1]) for n in range(3)
+                    ]
+
+                    async def fetched() -> bool:
+                        return int(raw.hlen(f"{prefix}unacked")) == 4
+
+                    await _until("r1 fetches the three", fetched, timeout=30)
+                    procs["r1"].send_signal(signal.SIGKILL)
+                    procs["r1"].wait(timeout=10)
+                async def r1_entry() -> ClusterMember:
+                    members = await viewer.members(include_dead=True)
+                    return next(m for m in members if m.worker_id == "r1")
+
+                last = await r1_entry()
+                assert last.in_flight <= 1, "its last heartbeat came before the three"
+
+                async def r1_dead() -> bool:
+                    return not (await r1_entry()).alive
+
+                await _until("r1's heartbeat key expires", r1_dead, timeout=30)
+                with cluster_processes((survivor,), queue_name, cluster, broker, uno_home):
+                    t0 = time.monotonic()
+                    results = [await job.wait(timeout=60) for job in jobs]
+                    elapsed = time.monotonic() - t0
+                    assert results == [0, 1, 2]
+                    assert await frozen.wait(timeout=30) == -1
+                    assert elapsed < 60, elapsed  # far below the 300 s visibility timeout
+                    records = [await queue.get_job(job.id) for job in jobs]
+                    assert all(r is not None and r.worker_id == survivor for r in records)
+            finally:
+                await viewer.stop()
+
+    try:
+        run(main)
+    finally:
+        raw.close()
+        cleanup()
+
+
+async def _true(value: bool) -> bool:
+    return value

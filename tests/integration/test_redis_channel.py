@@ -10,6 +10,7 @@ its keys afterwards.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import signal
@@ -34,8 +35,9 @@ from kombu.messaging import Consumer, Producer
 from tcp_proxy import TcpProxy
 
 from uno_jobs import Queue
-from uno_jobs.broker import parse_broker_url
-from uno_jobs.broker._redis import _FETCH_SCRIPT, FETCH_LIMIT, Channel, Transport
+from uno_jobs.broker import Broker, parse_broker_url
+from uno_jobs.broker._redis import FETCH_LIMIT, OWNER_TTL_FACTOR, Channel, Transport
+from uno_jobs.broker._redis_scripts import FETCH_SCRIPT
 from uno_jobs.broker._topology import kombu_queue, level_queues
 from uno_jobs.worker._registry import get_worker_type
 
@@ -58,6 +60,11 @@ class Isolated:
 
     def unacked(self) -> dict[bytes, bytes]:
         return self.raw.hgetall(self.key("unacked"))
+
+    def owned(self, channel: Channel) -> set[str]:
+        """The tags in ``channel``'s owner set."""
+        members = self.raw.smembers(self.key(f"unacked_owner:{channel.lease_owner}"))
+        return {tag.decode() for tag in members}
 
     def close(self) -> None:
         self._cleanup()
@@ -464,6 +471,175 @@ def test_reject_with_requeue_keeps_kombus_semantics(redis_home: Isolated) -> Non
         assert received[3].delivery_info.get("redelivered")
 
 
+# -- owner sets: a dead channel's messages, restored at once ------------------------------
+
+
+def tags_of(messages: list[Any]) -> set[str]:
+    return {m.delivery_tag for m in messages}
+
+
+def test_fetched_tags_join_the_channels_owner_set_and_an_ack_takes_them_out(
+    redis_home: Isolated,
+) -> None:
+    with channel_on(redis_home.url) as (conn, channel):
+        assert channel.owner_key == f"unacked_owner:{channel.lease_owner}"
+        for i in range(6):
+            publish(channel, LEVELS[i % 4], {"n": i})
+        received = consume(channel, prefetch=10)
+        drain_until(conn, lambda: len(received) == 6)
+        assert (
+            redis_home.owned(channel)
+            == tags_of(received)
+            == set(t.decode() for t in redis_home.unacked())
+        )
+        owner_key = redis_home.key(channel.owner_key)
+        ttl_ms = redis_home.raw.pttl(owner_key)
+        assert 0 < ttl_ms <= OWNER_TTL_FACTOR * 1000, "refreshed at each fetch"
+
+        channel.basic_ack_many([m.delivery_tag for m in received[:2]])
+        received[2].ack()  # kombu's single ack
+        received[3].reject(requeue=False)
+        assert redis_home.owned(channel) == tags_of(received[4:])
+        received[4].reject(requeue=True)  # kombu's restore_by_tag
+        drain_until(conn, lambda: len(received) == 7)
+        assert redis_home.owned(channel) == tags_of(received[5:])
+
+        redis_home.raw.pexpire(owner_key, 50)
+        channel.keep_leases([received[5].delivery_tag])
+        assert redis_home.raw.pttl(owner_key) > 50, "a lease renewal keeps the set alive"
+        channel.basic_ack_many([m.delivery_tag for m in received[5:]])
+        assert redis_home.owned(channel) == set()
+        assert not redis_home.raw.exists(owner_key)
+
+
+def test_a_basic_get_without_ack_and_a_handed_back_fetch_leave_no_owned_tag(
+    redis_home: Isolated,
+) -> None:
+    with channel_on(redis_home.url) as (conn, channel):
+        publish(channel, "q", {"n": 0})
+        message = channel.basic_get("q", no_ack=True)
+        assert message is not None and message.payload == {"n": 0}
+        assert redis_home.owned(channel) == set() and redis_home.unacked() == {}
+
+        for i in range(5):
+            publish(channel, "q", {"n": i})
+        consume(channel, prefetch=10)
+        conn.transport.cycle.on_poll_start()  # sends the fetch; nobody reads the reply
+        wait_until(lambda: redis_home.raw.llen(redis_home.key("q")) == 0)
+        assert len(redis_home.owned(channel)) == 5, "recorded with the fetch"
+        owner_key = redis_home.key(channel.owner_key)
+    assert redis_home.raw.llen(redis_home.key("q")) == 5, "handed back at close"
+    assert not redis_home.raw.exists(owner_key)
+    assert redis_home.unacked() == {}
+
+
+def test_restoring_an_owner_puts_back_exactly_its_unacked_messages_once() -> None:
+    redis_home = Isolated(visibility_timeout=300.0)
+    try:
+        with channel_on(redis_home.url) as (conn, channel):
+            for i in range(6):
+                publish(channel, "q", {"n": i})
+            publish(channel, "q", {"n": "pri"}, priority=5)
+            publish(channel, "q.low", {"n": "low"})
+            received = consume(channel, prefetch=10)
+            drain_until(conn, lambda: len(received) == 8)
+            channel.basic_ack_many([m.delivery_tag for m in received[:2]])
+            # Restored by kombu's sweep meanwhile: no longer unacked, not restored again.
+            channel.qos.restore_by_tag(received[2].delivery_tag, leftmost=True)
+            assert redis_home.owned(channel) == tags_of(received[3:])
+            before = {k: redis_home.raw.lrange(redis_home.key(k), 0, -1) for k in ("q", "q.low")}
+            owner = channel.lease_owner
+
+            broker = Broker(redis_home.url)
+            try:
+                # Another process, as the cluster coordinator does for a dead worker.
+                assert broker.restore_unacked([f"owner:{owner}"]) == 5
+                assert broker.restore_unacked([f"owner:{owner}"]) == 0, "only once"
+            finally:
+                broker.close()
+            assert redis_home.unacked() == {}
+            assert redis_home.raw.zcard(redis_home.key("unacked_index")) == 0
+            assert not redis_home.raw.exists(redis_home.key(channel.owner_key))
+            back: dict[object, Any] = {}
+            for key in redis_home.raw.keys(redis_home.key("q*")):
+                if redis_home.raw.type(key) == b"list":
+                    for item in redis_home.raw.lrange(key, 0, -1):
+                        envelope = json.loads(item)
+                        back[json.loads(base64.b64decode(envelope["body"]))["n"]] = envelope
+            assert len(back) == 6, "the swept one and the five restored"
+            for message in received[3:]:
+                envelope = back[message.payload["n"]]
+                assert envelope["headers"]["redelivered"] is True
+                assert envelope["properties"]["delivery_info"]["redelivered"] is True
+                assert envelope["properties"]["delivery_tag"] == message.delivery_tag
+            assert (
+                redis_home.raw.lrange(redis_home.key("q"), 0, 0)[0] == before["q"][0]
+                and json.loads(before["q"][0])["properties"]["delivery_tag"]
+                == received[2].delivery_tag
+            ), "the swept one is still at the end read last (kombu's leftmost requeue)"
+            assert set(back) == {m.payload["n"] for m in received[2:]}
+            # The dead channel's own late ack or close changes nothing any more.
+            channel.basic_ack_many([received[3].delivery_tag])
+            assert redis_home.raw.llen(redis_home.key("q")) == 4  # n = 2 (swept), 3, 4, 5
+        assert redis_home.raw.llen(redis_home.key("q")) == 4 and redis_home.unacked() == {}
+    finally:
+        redis_home.close()
+
+
+def test_a_sigkilled_consumers_owner_restore_brings_back_even_what_it_never_reported() -> None:
+    redis_home = Isolated(visibility_timeout=300.0)
+    holder = f"""
+import time
+from kombu.messaging import Consumer
+from uno_jobs.broker import parse_broker_url
+from uno_jobs.broker._topology import kombu_queue
+conn = parse_broker_url({redis_home.url!r}).connection()
+channel = conn.default_channel
+print(channel.lease_owner, flush=True)  # all it ever reports: nothing is held yet
+held = []
+consumer = Consumer(channel, queues=[kombu_queue("q")(channel)], on_message=held.append)
+consumer.qos(prefetch_count=5)
+consumer.consume()
+while len(held) < 5:
+    try:
+        conn.drain_events(timeout=0.05)
+    except TimeoutError:
+        pass
+print("held", len(held), flush=True)
+time.sleep(600)
+"""
+    try:
+        with channel_on(redis_home.url) as (conn, channel):
+            proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE)
+            try:
+                assert proc.stdout is not None
+                owner = proc.stdout.readline().strip().decode()
+                for i in range(8):
+                    publish(channel, "q", {"n": i})
+                assert proc.stdout.readline().strip() == b"held 5"
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(10)
+            assert len(redis_home.unacked()) == 5
+            broker = Broker(redis_home.url)
+            try:
+                assert broker.restore_unacked([f"owner:{owner}"]) == 5
+            finally:
+                broker.close()
+            received = consume(channel, prefetch=10)
+            drain_until(conn, lambda: len(received) == 8)
+            # Restored to the front: they run before the three never taken.
+            assert sorted(m.payload["n"] for m in received[:5]) == [0, 1, 2, 3, 4]
+            assert [m.payload["n"] for m in received[5:]] == [5, 6, 7]
+            assert all(m.delivery_info.get("redelivered") for m in received[:5])
+            channel.basic_ack_many([m.delivery_tag for m in received])
+    finally:
+        redis_home.close()
+
+
 # -- interoperating with kombu and Celery -------------------------------------------------
 
 
@@ -533,7 +709,7 @@ def test_a_celery_producers_message_is_consumed(uno_home: Path, queue_name: str)
 
 
 def test_a_script_redis_no_longer_knows_is_loaded_again(redis_home: Isolated) -> None:
-    real_sha = hashlib.sha1(_FETCH_SCRIPT.encode()).hexdigest()
+    real_sha = hashlib.sha1(FETCH_SCRIPT.encode()).hexdigest()
     unknown = hashlib.sha1(f"never loaded {uuid.uuid4()}".encode()).hexdigest()
     with channel_on(redis_home.url) as (conn, channel):
         received = consume(channel, prefetch=10)

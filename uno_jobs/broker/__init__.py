@@ -93,26 +93,31 @@ class Broker:
     def restore_unacked(self, keys: Sequence[str]) -> int:
         """Make a dead consumer's unacknowledged messages deliverable now; returns how many.
 
-        ``keys`` are the consumer's ``held_keys()``, reported before it died. Redis: kombu's
-        own restore (one ``WATCH``/``MULTI`` transaction per message) puts each one still in
-        the unacked hash back on its list, marked redelivered, as the visibility-timeout
-        sweep would later. Embedded: the leases of the consumer's channel are cleared.
-        RabbitMQ: 0 (it hands messages back when the connection drops).
+        ``keys`` are the consumer's ``held_keys()``, reported before it died. An
+        ``owner:<id>`` key names the consumer's channel: every message it holds comes back,
+        also those fetched after it last reported (Redis: ``Channel.restore_owner``, one
+        script; embedded: the channel's leases are cleared). Redis also takes plain
+        delivery tags (what workers before owner sets reported): kombu's own restore (one
+        ``WATCH``/``MULTI`` transaction per message) puts each one still in the unacked
+        hash back on its list. Either way a message is restored as the visibility-timeout
+        sweep would restore it later, marked redelivered, and only once. RabbitMQ: 0 (it
+        hands messages back when the connection drops).
         """
         if self.spec.kind not in ("redis", "embedded") or not keys:
             return 0
+        owners = [k.removeprefix("owner:") for k in keys if k.startswith("owner:")]
+        tags = [k for k in keys if not k.startswith("owner:")]
         conn = self.spec.connection()
         try:
             channel: Any = conn.default_channel
             if self.spec.kind == "embedded":
-                owners = [k.removeprefix("owner:") for k in keys if k.startswith("owner:")]
-                return sum(int(channel.release_owner(owner)) for owner in owners)
-            restored = 0
+                return sum(int(channel.release_owner(owner)) for owner in owners if owner)
+            restored = sum(int(channel.restore_owner(owner)) for owner in owners if owner)
             with channel.conn_or_acquire() as client:
-                for key in keys:
+                for tag in tags:
                     # HGET, not HEXISTS: kombu's client adds the key prefix to HGET only.
-                    if client.hget(channel.unacked_key, key) is not None:
-                        channel.qos.restore_by_tag(key, client=client)
+                    if client.hget(channel.unacked_key, tag) is not None:
+                        channel.qos.restore_by_tag(tag, client=client)
                         restored += 1
             return restored
         finally:

@@ -95,7 +95,7 @@ class ConsumerThread(threading.Thread):
         self._commands: deque[Callable[[], None]] = deque()
         self._commands_ready = threading.Event()
         self._held: dict[int, Any] = {}
-        self._lease_owner = ""  # the embedded channel's, set at connect
+        self._lease_owner = ""  # the Redis or embedded channel's, set at connect
         # Acks of one command round, sent together: AMQP with ``multiple`` where possible,
         # Redis in one pipeline (``basic_ack_many`` of uno_jobs' Redis channel).
         self._acks: list[Any] = []
@@ -161,20 +161,13 @@ class ConsumerThread(threading.Thread):
     def held_keys(self) -> list[str]:
         """What identifies the held messages to ``Broker.restore_unacked``.
 
-        Redis: the kombu delivery tags (their unacked hash keys), a copy read from another
-        thread (retried if the consumer thread changed the dict meanwhile). Embedded: the
-        channel's lease owner, while it holds any. RabbitMQ: empty.
+        Redis and embedded: ``owner:<id>``, the owner id of the channel (of the last one,
+        while reconnecting), whether it holds messages or not: whatever it fetches later
+        is found through it, so a worker that dies after its last report loses no time on
+        its jobs. RabbitMQ and SQS: empty (the broker hands messages back by itself).
         """
-        if self.spec.kind == "embedded":
-            return [f"owner:{self._lease_owner}"] if self._held and self._lease_owner else []
-        if self.spec.kind != "redis":
-            return []
-        for _ in range(3):
-            try:
-                return [str(m.delivery_tag) for m in tuple(self._held.values())]
-            except RuntimeError:  # changed size during the copy
-                continue
-        return []
+        owner = self._lease_owner
+        return [f"owner:{owner}"] if owner and self.spec.kind in ("redis", "embedded") else []
 
     @property
     def deliveries(self) -> int:
@@ -285,10 +278,7 @@ class ConsumerThread(threading.Thread):
         if self.spec.kind == "sqs":
             self._extend_sqs_visibility(channel)
             return
-        stamp = time.time()
-        tags = {message.delivery_tag: stamp for message in self._held.values()}
-        with channel.conn_or_acquire() as client:
-            client.zadd(channel.unacked_index_key, tags, xx=True)
+        channel.keep_leases([message.delivery_tag for message in self._held.values()])
 
     def _extend_sqs_visibility(self, channel: Any) -> None:
         by_queue: dict[str, list[str]] = {}

@@ -49,13 +49,29 @@ How a message flows:
 (not JSON, no ``properties.delivery_tag``, a body kombu cannot read) is removed and reported
 to ``Channel.on_invalid_envelope(queue, raw, problem)``, which logs it unless the consumer
 sets its own; the rest of the batch is delivered as usual. Leases (``ZADD XX`` on the
-unacked index for held messages) are renewed by the consumer thread.
+unacked index for held messages) are renewed by the consumer thread (``keep_leases``).
+
+**Owner sets.** Each channel has an owner id (``lease_owner``, random per channel: a
+worker restarted with the same worker id gets a new one). The fetch script adds each tag
+it records to the channel's owner set, ``<global prefix><unacked_key>_owner:<owner>``
+(``unacked_owner:<owner>`` with kombu's default names), in the same atomic step; ack,
+forget, hand-back and kombu's own ``_remove_from_indices`` (reject, requeue) take it out
+again, so the set holds at most the channel's in-flight messages. ``restore_owner`` makes
+a dead channel's messages deliverable at once, also those fetched after the last thing it
+reported: the cluster coordinator calls it through ``Broker.restore_unacked``. The set
+expires ``OWNER_TTL_FACTOR`` visibility timeouts after the last fetch or lease renewal:
+by then kombu's sweep has restored whatever a dead channel held. A tag the sweep restores
+stays in its old owner's set until then (nothing tells the set); if that owner dies while
+another consumer holds the message again, ``restore_owner`` delivers it once more, which
+can only follow a lease that lapsed, itself a redelivery.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -68,7 +84,9 @@ from kombu.transport import virtual
 from kombu.utils import json as kombu_json
 from redis.exceptions import NoScriptError
 
-__all__ = ["FETCH_LIMIT", "IDLE_CHECK_SECONDS", "Channel", "QoS", "Transport"]
+from uno_jobs.broker._redis_scripts import FETCH_SCRIPT, HAND_BACK_SCRIPT, RESTORE_OWNER_SCRIPT
+
+__all__ = ["FETCH_LIMIT", "IDLE_CHECK_SECONDS", "OWNER_TTL_FACTOR", "Channel", "QoS", "Transport"]
 
 log = logging.getLogger("uno_jobs.broker.redis")
 
@@ -76,64 +94,10 @@ log = logging.getLogger("uno_jobs.broker.redis")
 FETCH_LIMIT = 100
 #: How long an idle channel blocks on one list before it checks all of them.
 IDLE_CHECK_SECONDS = 0.05
+#: An owner set lives this many visibility timeouts after its last fetch or lease renewal.
+OWNER_TTL_FACTOR = 2
 # How long ``close`` waits for the reply of a fetch on its way, to hand its items back.
 _CLOSE_READ_SECONDS = 1.0
-
-# KEYS: unacked hash, unacked index, then the lists in the order to take from.
-# ARGV: the most items to take, the index score, then the queue of each list (the routing
-# key recorded for an item whose envelope has none).
-# Returns {position, tag, item, ...}: the 1-based position of the item's list, negated
-# (and the tag empty) for an item that is not an envelope with a delivery tag: popped, not
-# recorded.
-_FETCH_SCRIPT = """
-local limit = tonumber(ARGV[1])
-local taken = {}
-local count = 0
-for k = 3, #KEYS do
-  if count >= limit then break end
-  local items = redis.call('RPOP', KEYS[k], limit - count)
-  if items then
-    for _, item in ipairs(items) do
-      count = count + 1
-      local ok, envelope = pcall(cjson.decode, item)
-      local props = ok and type(envelope) == 'table' and envelope['properties']
-      local tag = type(props) == 'table' and props['delivery_tag']
-      if type(tag) == 'string' and tag ~= '' then
-        local info = props['delivery_info']
-        local exchange, routing_key = '', ARGV[k]
-        if type(info) == 'table' then
-          if type(info['exchange']) == 'string' then exchange = info['exchange'] end
-          if type(info['routing_key']) == 'string' then routing_key = info['routing_key'] end
-        end
-        redis.call('HSET', KEYS[1], tag, '[' .. item .. ', ' .. cjson.encode(exchange)
-          .. ', ' .. cjson.encode(routing_key) .. ']')
-        redis.call('ZADD', KEYS[2], ARGV[2], tag)
-        taken[#taken + 1] = k - 2
-        taken[#taken + 1] = tag
-      else
-        taken[#taken + 1] = 2 - k
-        taken[#taken + 1] = ''
-      end
-      taken[#taken + 1] = item
-    end
-  end
-end
-return taken
-"""
-
-# KEYS: unacked hash, unacked index, then the list of each item.
-# ARGV: tag, item pairs, in the order they were fetched. Items already settled or restored
-# (their unacked entry is gone) stay where they are.
-_HAND_BACK_SCRIPT = """
-for i = #KEYS - 2, 1, -1 do
-  local tag = ARGV[2 * i - 1]
-  if redis.call('HDEL', KEYS[1], tag) == 1 then
-    redis.call('ZREM', KEYS[2], tag)
-    redis.call('RPUSH', KEYS[i + 2], ARGV[2 * i])
-  end
-end
-return 0
-"""
 
 _kombu_loads: Callable[[str], Any] = kombu_json.loads
 
@@ -213,14 +177,25 @@ class QoS(kombu_redis.QoS):
             virtual.QoS.ack(self, tag)
 
     def forget(self, delivery_tags: Sequence[str]) -> None:
-        """Remove unacked entries (hash and index) in one round trip."""
+        """Remove unacked entries (hash, index and owner set) in one round trip."""
         if not delivery_tags:
             return
         with self.channel.conn_or_acquire() as client:
             pipe = client.pipeline()
             pipe.zrem(self.unacked_index_key, *delivery_tags)
             pipe.hdel(self.unacked_key, *delivery_tags)
+            pipe.srem(self.channel.owner_key, *delivery_tags)
             pipe.execute()
+
+    def _remove_from_indices(self, delivery_tag: str, pipe: Any = None) -> Any:
+        """kombu's (single ack, reject, restore), also leaving this channel's owner set. For
+        another owner's tag (kombu's sweep restoring it) the ``SREM`` changes nothing."""
+        with self.pipe_or_acquire(pipe) as pipe:
+            return (
+                pipe.zrem(self.unacked_index_key, delivery_tag)
+                .hdel(self.unacked_key, delivery_tag)
+                .srem(self.channel.owner_key, delivery_tag)
+            )
 
     def restore_visible(self, start: int = 0, num: int | None = 10, interval: int = 10) -> None:
         """kombu's sweep, at most every ``unacked_restore_interval`` seconds."""
@@ -244,9 +219,75 @@ class Channel(kombu_redis.Channel):
         self._sent: _Sent | None = None
         self._idle = False  # the last fetch came back empty: wait before the next one
         self._fetch_sha: str | None = None
+        self._owner = f"{os.getpid()}.{secrets.token_hex(6)}"
         #: Told about every item dropped as unreadable: ``(queue, raw item, problem)``.
         self.on_invalid_envelope: Callable[[str, object, str], None] = _log_invalid_envelope
         super().__init__(*args, **kwargs)
+
+    # -- ownership ---------------------------------------------------------------------
+
+    @property
+    def lease_owner(self) -> str:
+        """This channel's owner id: its fetched messages are in ``owner_key``."""
+        return self._owner
+
+    @property
+    def owner_key(self) -> str:
+        """This channel's owner set (without the global key prefix, as kombu's keys)."""
+        return self.owner_key_of(self._owner)
+
+    def owner_key_of(self, owner: str) -> str:
+        """The owner set of ``owner`` (without the global key prefix)."""
+        return f"{self.unacked_key}_owner:{owner}"
+
+    @property
+    def _owner_ttl_ms(self) -> int:
+        return max(1000, int(float(self.visibility_timeout) * OWNER_TTL_FACTOR * 1000))
+
+    def keep_leases(self, delivery_tags: Sequence[str]) -> None:
+        """Refresh the unacked index entries of held messages (those still there) and the
+        owner set's expiry, in one round trip."""
+        if not delivery_tags:
+            return
+        stamp = time.time()
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline()
+            pipe.zadd(self.unacked_index_key, dict.fromkeys(delivery_tags, stamp), xx=True)
+            pipe.pexpire(self.owner_key, self._owner_ttl_ms)
+            pipe.execute()
+
+    def restore_owner(self, owner: str) -> int:
+        """Make every message the channel ``owner`` (a dead one) holds deliverable now.
+
+        Each message still in the unacked hash goes back to the front of its list as
+        kombu's ``restore_by_tag`` puts it (marked redelivered, routed by its exchange,
+        kombu's priority sub-key), and leaves the hash and index, in one script; those
+        acked or restored meanwhile are skipped. The owner set is emptied.
+
+        Returns:
+            How many messages were restored.
+        """
+        if not owner:
+            raise ValueError("restore_owner: the owner id is empty")
+        client = self._plain_client()
+        prefix = self.global_keyprefix
+        owner_key = prefix + self.owner_key_of(owner)
+        tags = sorted(t.decode() for t in client.smembers(owner_key))
+        if not tags:
+            return 0
+        entries = client.hmget(prefix + self.unacked_key, tags)
+        keys = [prefix + self.unacked_key, prefix + self.unacked_index_key, owner_key]
+        pushes: list[Any] = []
+        for tag, entry in zip(tags, entries, strict=True):
+            if entry is None:
+                continue  # acked, or restored by a sweep: the SREM below drops it
+            recorder = _Pushes()
+            payload, exchange, routing_key = kombu_json.loads(entry.decode())
+            self._do_restore_message(payload, exchange, routing_key, recorder)
+            for key, message in recorder.pushes:
+                keys.append(prefix + key)
+                pushes += (tag, message)
+        return int(client.eval(RESTORE_OWNER_SCRIPT, len(keys), *keys, *pushes, *tags))
 
     # -- settling ----------------------------------------------------------------------
 
@@ -373,18 +414,20 @@ class Channel(kombu_redis.Channel):
             limit = FETCH_LIMIT if room is None else max(1, min(room, FETCH_LIMIT))
         prefix = self.global_keyprefix
         return [
-            len(keys) + 2,
+            len(keys) + 3,
             prefix + self.unacked_key,
             prefix + self.unacked_index_key,
+            prefix + self.owner_key,
             *keys,
             limit,
             repr(time.time()),
+            self._owner_ttl_ms,
             *queues,
         ]
 
     def _script_sha(self) -> str:
         if self._fetch_sha is None:
-            self._fetch_sha = str(self._plain_client().script_load(_FETCH_SCRIPT))
+            self._fetch_sha = str(self._plain_client().script_load(FETCH_SCRIPT))
         return self._fetch_sha
 
     def _plain_client(self) -> Any:
@@ -477,10 +520,10 @@ class Channel(kombu_redis.Channel):
     def _hand_back(self, items: Sequence[_Fetched]) -> None:
         """Put fetched items back at the front of their lists, as they were."""
         prefix = self.global_keyprefix
-        keys = [prefix + self.unacked_key, prefix + self.unacked_index_key]
+        keys = [prefix + self.unacked_key, prefix + self.unacked_index_key, prefix + self.owner_key]
         keys += [item.key for item in items]
         args = [value for item in items for value in (item.tag, item.raw)]
-        self._plain_client().eval(_HAND_BACK_SCRIPT, len(keys), *keys, *args)
+        self._plain_client().eval(HAND_BACK_SCRIPT, len(keys), *keys, *args)
 
     def _hand_back_unread(self, connection: Any, sent: _Sent) -> None:
         """Read a fetch reply on its way at close and hand its items back; if it does not
@@ -494,6 +537,20 @@ class Channel(kombu_redis.Channel):
                 self._hand_back(fetched)
         except Exception:
             log.debug("handing back a fetch at close failed", exc_info=True)
+
+
+class _Pushes:
+    """Stands in for the pipeline kombu's ``_do_restore_message`` pushes a message with,
+    recording ``(list, message)`` instead, for ``restore_owner``'s script."""
+
+    def __init__(self) -> None:
+        self.pushes: list[tuple[str, str]] = []
+
+    def rpush(self, key: str, value: str) -> _Pushes:
+        self.pushes.append((key, value))
+        return self
+
+    lpush = rpush
 
 
 class Transport(kombu_redis.Transport):

@@ -74,7 +74,7 @@ SOCKET_TIMEOUT_SECONDS = 5.0
 class _Registration:
     """One worker registered with this coordinator."""
 
-    __slots__ = ("commands_after", "recovery", "token", "worker")
+    __slots__ = ("commands_after", "orphan", "recovery", "token", "worker")
 
     def __init__(self, worker: BaseWorker, token: str, recovery: Recovery | None) -> None:
         self.worker = worker
@@ -82,6 +82,9 @@ class _Registration:
         self.recovery = recovery
         #: Shutdown commands up to this seq predate the registration: not for this worker.
         self.commands_after = 0
+        #: The member entry of a dead earlier process with this worker id, which this
+        #: registration replaced before anyone swept it: recovered at the first heartbeat.
+        self.orphan: dict[str, Any] | None = None
 
 
 class WorkerCoordinator:
@@ -245,12 +248,16 @@ class WorkerCoordinator:
         registration = _Registration(worker, uuid.uuid4().hex, recovery)
         info = await self._info(registration)
         try:
-            ok, detail = await self._claim(
+            ok, detail, *previous = await self._claim(
                 keys=[self._keys.alive(worker_id), self._keys.members, self._keys.command_seq],
                 args=[registration.token, int(self.ttl_seconds * 1000), worker_id, info],
             )
         except RedisError as exc:
             raise self._unavailable(exc) from exc
+        if ok and previous and previous[0]:
+            # A restart with the id of a process that died unswept: its jobs are recovered
+            # once this worker consumes (a worker registers before it opens its broker).
+            registration.orphan = json.loads(_text(previous[0]))
         if not ok:
             member = await self._member_text(worker_id)
             where = "held by another process"
@@ -438,6 +445,10 @@ class WorkerCoordinator:
                 continue
             if not await self._beat_one(registration):
                 continue
+            orphan = registration.orphan
+            if orphan is not None and worker.state in ("running", "paused"):
+                registration.orphan = None  # its broker is open now
+                await self._recover(worker.worker_id, orphan)
             await self._reconcile(registration)
         await self._lead()
         await self._sweep()

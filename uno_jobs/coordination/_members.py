@@ -31,7 +31,9 @@ class Recovery(Protocol):
         ...
 
     def held(self) -> list[str]:
-        """The keys of the messages the worker holds unacknowledged."""
+        """What identifies the messages the worker holds unacknowledged: on Redis and the
+        embedded broker its channel's owner key, which also covers messages fetched
+        after this report."""
         ...
 
     def restore(self, keys: Sequence[str]) -> int:

@@ -47,16 +47,21 @@ class ClusterKeys:
 
 
 # KEYS: alive, members, command_seq. ARGV: token, ttl_ms, worker_id, info JSON.
-# Returns {1, command seq at registration} or {0, the holder's token}.
+# Returns {1, command seq at registration, the member entry this claim replaces} or {0, the
+# holder's token}. The replaced entry ('' if none) is a dead process's that nobody swept
+# yet (its alive key had expired): its held jobs are the new claimant's to recover.
 CLAIM_ID = """
+local previous = ''
 local ok = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
 if not ok then
   local holder = redis.call('GET', KEYS[1])
   if holder ~= ARGV[1] then return {0, holder} end
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
+else
+  previous = redis.call('HGET', KEYS[2], ARGV[3]) or ''
 end
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
-return {1, tonumber(redis.call('GET', KEYS[3]) or '0')}
+return {1, tonumber(redis.call('GET', KEYS[3]) or '0'), previous}
 """
 
 # KEYS: alive, members. ARGV: token, ttl_ms, worker_id, info JSON.
