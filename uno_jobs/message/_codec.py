@@ -35,10 +35,21 @@ from uno_jobs.errors import MessageError, PayloadError
 from uno_jobs.message._model import (
     PRIORITY_LEVELS,
     Message,
-    _default_embed,
-    _parse_iso,
+    default_embed,
+    parse_iso,
     parse_priority,
 )
+
+__all__ = [
+    "CONTENT_ENCODING",
+    "CONTENT_TYPE",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "Encoded",
+    "dead_letter_headers",
+    "decode",
+    "encode",
+    "header_count",
+]
 
 CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "utf-8"
@@ -369,7 +380,7 @@ def _check_body(
     if not isinstance(kwargs, dict):
         raise MessageError("invalid_message", "body[1] (kwargs) must be an object", job_id)
     if embed is None:
-        embed = _default_embed()
+        embed = default_embed()
     elif not isinstance(embed, dict):
         raise MessageError("invalid_message", "body[2] (embed) must be an object or null", job_id)
     return (args if type(args) is list else list(args)), kwargs, embed
@@ -448,7 +459,7 @@ def _time_limits(value: Any, job_id: str) -> tuple[float | None, float | None]:
 
 def _check_iso(name: str, value: str, job_id: str) -> None:
     try:
-        _parse_iso(value)
+        parse_iso(value)
     except ValueError:
         raise MessageError(
             "invalid_message", f"header {name!r} is not ISO-8601: {value!r}", job_id

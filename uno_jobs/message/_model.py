@@ -22,13 +22,25 @@ from typing import Any
 
 from uno_jobs.errors import ConfigurationError, PayloadError
 
+__all__ = [
+    "PRIORITY_LEVELS",
+    "Message",
+    "default_embed",
+    "iso_from_timestamp",
+    "new_message",
+    "parse_iso",
+    "parse_priority",
+    "timestamp_from_iso",
+]
+
 PRIORITY_LEVELS: tuple[str, ...] = ("critical", "high", "normal", "low")
 
 # AMQP's correlation_id is a shortstr: longer ids cannot be published at all.
 _MAX_ID_BYTES = 255
 
 
-def _default_embed() -> dict[str, Any]:
+def default_embed() -> dict[str, Any]:
+    """Celery's ``embed`` (body[2]) of a job that is not part of a workflow."""
     return {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
@@ -61,7 +73,7 @@ class Message:
     enqueued_at: float | None = None
     worker_lost: int = 0
     extra_headers: dict[str, Any] = field(default_factory=dict)
-    embed: dict[str, Any] = field(default_factory=_default_embed)
+    embed: dict[str, Any] = field(default_factory=default_embed)
 
     @property
     def attempt(self) -> int:
@@ -102,7 +114,7 @@ def timestamp_from_iso(value: str) -> float:
     Raises:
         ValueError: ``value`` is not an ISO-8601 date and time.
     """
-    when = _parse_iso(value)
+    when = parse_iso(value)
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return when.timestamp()
@@ -113,7 +125,8 @@ def iso_from_timestamp(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).isoformat()
 
 
-def _parse_iso(value: str) -> datetime:
+def parse_iso(value: str) -> datetime:
+    """Parse an ISO-8601 date and time, also with the ``Z`` suffix (raises ``ValueError``)."""
     text = value.strip()
     # Python 3.10's fromisoformat does not know the "Z" suffix other producers use.
     if text[-1:] in ("Z", "z"):
@@ -130,7 +143,7 @@ def _iso_option(value: datetime | str | None, what: str, task: str) -> str | Non
         return value.isoformat()
     if isinstance(value, str):
         try:
-            _parse_iso(value)
+            parse_iso(value)
         except ValueError:
             raise PayloadError(f"task {task!r}: {what} {value!r} is not ISO-8601") from None
         return value
