@@ -99,3 +99,35 @@ def test_a_failing_read_reaches_every_waiter_and_the_next_check_reads_again() ->
         check(watch, store, "a", 1)
     broken["down"] = False
     assert check(watch, store, "a", 1) is False
+
+
+class LocalStore(CountingStore):
+    """A store whose reads are local: ``CancelWatch`` reads it on the event loop."""
+
+    local_reads = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[int] = []
+
+    def cancellations(self, known_version: int | None) -> tuple[int, frozenset[str] | None]:
+        self.threads.append(threading.get_ident())
+        return super().cancellations(known_version)
+
+
+def test_a_store_with_local_reads_is_read_on_the_event_loop_once_per_arrival() -> None:
+    store, watch = LocalStore(), CancelWatch()
+
+    async def main() -> list[bool]:
+        loop_thread = threading.get_ident()
+        watch.arrived(1)
+        first = await watch.is_cancelled(store, "a", 1)  # type: ignore[arg-type]
+        store.inner.cancel("b", time.time())  # cancelled before delivery 2 arrives
+        watch.arrived(2)
+        second = await watch.is_cancelled(store, "b", 2)  # type: ignore[arg-type]
+        again = await watch.is_cancelled(store, "a", 2)  # type: ignore[arg-type]
+        assert store.threads == [loop_thread, loop_thread]
+        return [first, second, again]
+
+    assert asyncio.run(main()) == [False, True, False]
+    assert len(store.calls) == 2, "the second read served both checks of delivery 2"

@@ -211,7 +211,13 @@ class ScheduledJob:
 
 @runtime_checkable
 class JobStore(Protocol):
-    """Job state and results. Implementations: SQLite (embedded), Redis, memory."""
+    """Job state and results. Implementations: SQLite (embedded), Redis, memory.
+
+    Optional: a class attribute ``local_reads = True`` says a read is a short local
+    operation (no network), which workers may then do on their event loop instead of in
+    a thread (``CancelWatch``: it saves a thread hop before a lone delivery starts).
+    Stores without it are read in a thread.
+    """
 
     url: str
     retention_seconds: float

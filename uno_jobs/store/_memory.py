@@ -72,6 +72,8 @@ class MemoryStore:
         result_limit_bytes: The largest JSON-encoded result that is stored.
     """
 
+    local_reads = True  # see JobStore
+
     def __init__(
         self,
         url: str = "memory://",

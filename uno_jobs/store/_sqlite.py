@@ -308,6 +308,9 @@ class SQLiteStore:
         result_limit_bytes: The largest JSON-encoded result that is stored.
     """
 
+    #: Reads are local: in WAL mode a reader never waits for a writer (see ``JobStore``).
+    local_reads = True
+
     def __init__(
         self,
         path: str | Path,
