@@ -27,6 +27,7 @@ from pathlib import Path
 
 import chaos_tasks
 import pytest
+import redis
 from conftest import wait_until
 
 from uno_jobs import JobSpec, JobStatus, Queue
@@ -179,7 +180,13 @@ class Chaos:
             self.ids.extend(handle.id for handle in self.queue.enqueue_many_sync(specs))
 
     def wait_started(self, count: int, timeout: float = 120.0) -> None:
-        wait_until(lambda: self.ledger.count() >= count, timeout=timeout, interval=0.01)
+        try:
+            wait_until(lambda: self.ledger.count() >= count, timeout=timeout, interval=0.01)
+        except AssertionError:
+            tails = "\n".join(f"--- {w.label}\n{w.log()[-4000:]}" for w in self.workers)
+            raise AssertionError(
+                f"{self.ledger.count()} starts, not {count}, within {timeout} s\n{tails}"
+            ) from None
 
     def statuses(self, timeout: float) -> dict[str, JobStatus | None]:
         """Each id's status once all are terminal, or when ``timeout`` runs out."""
@@ -193,6 +200,10 @@ class Chaos:
                     found[job_id] = self.queue.get_job_sync(job_id).status
                 except JobNotFoundError:
                     found[job_id] = None
+                except (ConnectionError, redis.ConnectionError):
+                    # The test's own store connection, cut by the proxy: read again. (The
+                    # Redis store does not retry by itself: a write might apply twice.)
+                    break
             if all(s in TERMINAL for s in found.values()) or time.monotonic() > deadline:
                 return found
             time.sleep(0.1)
@@ -328,8 +339,6 @@ class RedisServer:
         wait_until(self._answers, timeout=20, interval=0.05)
 
     def _answers(self) -> bool:
-        import redis
-
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         try:
             return bool(client.ping())

@@ -190,9 +190,9 @@ def _outage(
 
     Returns the outage's enqueue and when the broker was back.
     """
-    worker = case.worker()
-    worker.wait_consuming()
+    # Enqueued first: a worker that keeps up with the producer would leave no backlog.
     case.enqueue(JOBS)
+    case.worker().wait_consuming()
     case.wait_started(JOBS // 3)
     down_at = time.monotonic()
     down()
@@ -212,10 +212,13 @@ def _outage(
     return attempt, up_at
 
 
-def _check_outage(case: Chaos, attempt: _OutageEnqueue, up_at: float, name: str) -> None:
-    t0 = time.monotonic()
+def _check_outage(case: Chaos, attempt: _OutageEnqueue, up_at: float, name: str, t0: float) -> None:
     # Never hangs: an enqueue still waiting when the broker came back ends soon after.
     assert attempt.join(max(0.0, up_at + 20.0 - time.monotonic())), "enqueue hangs"
+    assert attempt.ended_at is not None
+    took = attempt.ended_at - attempt.started_at
+    outcome = f"raised {type(attempt.error).__name__}" if attempt.error else "succeeded"
+    print(f"chaos {name}: the enqueue during the outage {outcome} after {took:.2f} s")
     verdict = case.verdict()
     _report(name, verdict, t0)
     assert not verdict.lost, verdict.explain()
@@ -228,10 +231,11 @@ def test_a_redis_outage_loses_no_job(
 ) -> None:
     """The redis-server (broker and job store) SIGKILLed a third into the run and started
     again on the same port from its append-only file."""
+    t0 = time.monotonic()
     url = f"{redis_server.url}?visibility_timeout=3"
     with chaos_case(queue_name, url, worker_type, tmp_path) as case:
         attempt, up_at = _outage(case, redis_server.kill, redis_server.start)
-        _check_outage(case, attempt, up_at, f"redis outage/{worker_type}")
+        _check_outage(case, attempt, up_at, f"redis outage/{worker_type}", t0)
 
 
 @contextmanager
@@ -250,10 +254,11 @@ def test_a_rabbitmq_outage_through_the_proxy_loses_no_job(
 ) -> None:
     """Worker and producer reach RabbitMQ through a proxy that resets every connection
     and refuses new ones for the outage (the shared server itself stays up)."""
+    t0 = time.monotonic()
     with _proxy_to(AMQP_URL) as (proxy, url):
         with chaos_case(queue_name, url, worker_type, tmp_path) as case:
             attempt, up_at = _outage(case, proxy.down, proxy.up)
-            _check_outage(case, attempt, up_at, f"amqp outage/{worker_type}")
+            _check_outage(case, attempt, up_at, f"amqp outage/{worker_type}", t0)
 
 
 def _rabbitmqctl(*args: str) -> None:
@@ -272,6 +277,7 @@ def test_rabbitmq_stop_app_and_start_app_loses_no_job(
     """The real outage: ``rabbitmqctl stop_app`` a third into the run, ``start_app``."""
     if shutil.which("rabbitmqctl") is None:
         pytest.skip("rabbitmqctl is not installed")
+    t0 = time.monotonic()
 
     def up() -> None:
         _rabbitmqctl("start_app")
@@ -280,7 +286,7 @@ def test_rabbitmq_stop_app_and_start_app_loses_no_job(
     try:
         with chaos_case(queue_name, AMQP_URL, worker_type, tmp_path) as case:
             attempt, up_at = _outage(case, lambda: _rabbitmqctl("stop_app"), up)
-            _check_outage(case, attempt, up_at, f"amqp stop_app/{worker_type}")
+            _check_outage(case, attempt, up_at, f"amqp stop_app/{worker_type}", t0)
     finally:
         _rabbitmqctl("start_app")  # whatever failed, the server is left running
 
