@@ -39,6 +39,8 @@ HERE = Path(__file__).resolve().parent
 #: Jobs per case: the reduced default runs in CI; the full size is documented in
 #: docs/chaos.md (``UNO_JOBS_CHAOS_JOBS=5000``).
 JOBS = int(os.environ.get("UNO_JOBS_CHAOS_JOBS", "300"))
+#: Seconds a wait for the run may take: scaled with its size (the sync worker is the slowest).
+RUN_SECONDS = 60.0 + JOBS * 0.05
 #: Milliseconds each job takes: long enough that a kill lands in the middle of some.
 JOB_MS = 10.0
 #: ``--concurrency`` per worker type (the sync worker runs one job at a time).
@@ -179,7 +181,7 @@ class Chaos:
             ]
             self.ids.extend(handle.id for handle in self.queue.enqueue_many_sync(specs))
 
-    def wait_started(self, count: int, timeout: float = 120.0) -> None:
+    def wait_started(self, count: int, timeout: float = RUN_SECONDS) -> None:
         try:
             wait_until(lambda: self.ledger.count() >= count, timeout=timeout, interval=0.01)
         except AssertionError:
@@ -208,7 +210,7 @@ class Chaos:
                 return found
             time.sleep(0.1)
 
-    def verdict(self, timeout: float = 120.0) -> Verdict:
+    def verdict(self, timeout: float = RUN_SECONDS) -> Verdict:
         """Wait for every job to be terminal, stop the workers gracefully, compare."""
         statuses = self.statuses(timeout)
         for worker in self.workers:

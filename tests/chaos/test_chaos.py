@@ -33,6 +33,7 @@ from conftest import AMQP_URL, wait_until
 from harness import (
     CONCURRENCY,
     JOBS,
+    RUN_SECONDS,
     Chaos,
     RedisServer,
     Verdict,
@@ -45,7 +46,7 @@ pytestmark = pytest.mark.chaos
 
 WORKER_TYPES = list(CONCURRENCY)
 KILLS = 3
-OUTAGE_SECONDS = 3.0
+OUTAGE_SECONDS = float(os.environ.get("UNO_JOBS_CHAOS_OUTAGE_SECONDS", "3"))
 #: A job enqueued during an outage must raise within this, or succeed after it.
 ENQUEUE_RAISES_WITHIN = 5.0
 #: After the broker is back, workers take jobs again within this.
@@ -209,6 +210,7 @@ def _outage(
     # Jobs prefetched before the outage may have started meanwhile; more than a window of
     # new starts means the workers fetch again.
     case.wait_started(before + window(case.worker_type) + 1, timeout=CONSUMING_AGAIN_WITHIN)
+    print(f"chaos: consuming again {time.monotonic() - up_at:.1f} s after the broker was back")
     return attempt, up_at
 
 
@@ -259,6 +261,30 @@ def test_a_rabbitmq_outage_through_the_proxy_loses_no_job(
         with chaos_case(queue_name, url, worker_type, tmp_path) as case:
             attempt, up_at = _outage(case, proxy.down, proxy.up)
             _check_outage(case, attempt, up_at, f"amqp outage/{worker_type}", t0)
+
+
+def test_a_worker_at_its_longest_backoff_consumes_within_10_s_of_the_return(
+    queue_name: str, uno_home: Path, tmp_path: Path
+) -> None:
+    """The worst moment for a broker to come back: just after a failed reconnect, with the
+    backoff at its cap. The worker must still be consuming within 10 s (the consumer's
+    reconnect backoff is what decides this, the same on every broker and worker type)."""
+    with _proxy_to(AMQP_URL) as (proxy, url):
+        with chaos_case(queue_name, url, "thread", tmp_path) as case:
+            case.enqueue(JOBS)
+            worker = case.worker()
+            worker.wait_consuming()
+            case.wait_started(JOBS // 3)
+            proxy.down()
+            # Backoffs double from 0.5 s: by the fifth failed try they are at the cap.
+            wait_until(lambda: worker.log().count("reconnecting failed") >= 5, timeout=90)
+            before = case.ledger.count()
+            proxy.up()
+            up_at = time.monotonic()
+            case.wait_started(before + window("thread") + 1, timeout=CONSUMING_AGAIN_WITHIN)
+            print(f"chaos: consuming again {time.monotonic() - up_at:.1f} s after the return")
+            verdict = case.verdict()
+            assert not verdict.lost, verdict.explain()
 
 
 def _rabbitmqctl(*args: str) -> None:
@@ -312,7 +338,7 @@ def test_connections_dropped_again_and_again_lose_no_job(
                 for cut in range(1, KILLS + 1):
                     case.wait_started(cut * JOBS // (KILLS + 1))
                     proxy.cut()
-                assert producer.join(120), "the producer hangs"
+                assert producer.join(RUN_SECONDS), "the producer hangs"
                 verdict = case.verdict()
                 _report(f"dropped {kind}/{worker_type}", verdict, t0)
                 assert not verdict.lost, verdict.explain()
