@@ -343,6 +343,8 @@ def test_connections_dropped_again_and_again_lose_no_job(
                 _report(f"dropped {kind}/{worker_type}", verdict, t0)
                 assert not verdict.lost, verdict.explain()
                 assert not verdict.never_started, verdict.explain()
+                # A cut hands back at most what the worker held, as a kill does.
+                assert verdict.extra_starts <= KILLS * window(worker_type), verdict.explain()
 
 
 class _Producer:
