@@ -85,7 +85,8 @@ class Ledger:
         return Counter(job_id for job_id, _ in self.lines())
 
     def count(self) -> int:
-        return len(self.lines())
+        """Starts so far (polled every 10 ms: counts lines without parsing them)."""
+        return self.path.read_bytes().count(b"\n")
 
 
 class WorkerProcess:
