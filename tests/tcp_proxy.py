@@ -18,6 +18,7 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
         self._closed = False
+        self._refusing = False
         self.accepted = 0
         self._flowing = threading.Event()
         self._flowing.set()
@@ -29,6 +30,9 @@ class TcpProxy:
                 client, _ = self._server.accept()
             except OSError:
                 return
+            if self._refusing:
+                _reset(client)
+                continue
             try:
                 upstream = socket.create_connection(self._target, timeout=5)
             except OSError:
@@ -36,6 +40,10 @@ class TcpProxy:
                 continue
             upstream.settimeout(None)
             with self._lock:
+                if self._refusing:  # went down while this one was connecting
+                    _reset(client)
+                    _reset(upstream)
+                    continue
                 self._sockets += [client, upstream]
                 self.accepted += 1
             for src, dst in ((client, upstream), (upstream, client)):
@@ -70,15 +78,30 @@ class TcpProxy:
         with self._lock:
             sockets, self._sockets = self._sockets, []
         for sock in sockets:
-            try:
-                # Linger 0: close sends a reset, as a dropped network path would.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                sock.close()
-            except OSError:
-                pass
+            _reset(sock)
+
+    def down(self) -> None:
+        """Reset every connection and refuse new ones until ``up()``: the broker is gone."""
+        with self._lock:
+            self._refusing = True
+        self.cut()
+
+    def up(self) -> None:
+        """Accept and forward connections again after ``down()``."""
+        with self._lock:
+            self._refusing = False
 
     def close(self) -> None:
         self._closed = True
         self._flowing.set()
         self._server.close()
         self.cut()
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with linger 0, so the peer gets a reset, as from a dropped network path."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    except OSError:
+        pass

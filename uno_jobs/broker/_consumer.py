@@ -45,7 +45,9 @@ __all__ = ["ConsumerThread", "Delivery"]
 log = logging.getLogger("uno_jobs.broker")
 
 _TICK_SECONDS = 0.05
-_MAX_BACKOFF_SECONDS = 10.0
+_MIN_BACKOFF_SECONDS = 0.5
+# A worker is consuming again within this (plus one connect) of the broker's return.
+_MAX_BACKOFF_SECONDS = 5.0
 _WATCHDOG_SECONDS = 5.0
 _LOG_RAW_BYTES = 1024
 
@@ -188,14 +190,14 @@ class ConsumerThread(threading.Thread):
             self._ready.set()
             return
         self._ready.set()
-        backoff = 0.5
+        backoff = _MIN_BACKOFF_SECONDS
         while not self._stopping.is_set():
             try:
                 self._run_commands()
                 self._drain()
                 self._keep_leases()
                 self._watchdog()
-                backoff = 0.5
+                backoff = _MIN_BACKOFF_SECONDS
             except Exception as exc:
                 if self._stopping.is_set():
                     break
@@ -208,20 +210,34 @@ class ConsumerThread(threading.Thread):
                 )
                 self._drop_connection()
                 self.reconnects += 1
-                if self._stopping.wait(backoff):
+                next_backoff = self._reconnect(backoff)
+                if next_backoff is None:
                     break
-                backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
-                try:
-                    self._connect()
-                except Exception as connect_exc:
-                    log.warning(
-                        "reconnecting failed (%s); next try in %.1f s",
-                        connect_exc,
-                        backoff,
-                        extra={"broker": self.spec.display},
-                    )
-                    continue
+                backoff = next_backoff
         self._shutdown()
+
+    def _reconnect(self, backoff: float) -> float | None:
+        """Connect again, waiting ``backoff`` before each try (doubled every time, capped).
+
+        Returns the next backoff once connected (a connection that fails at once still
+        backs off), or ``None`` when the thread is stopping. The cap keeps a worker
+        consuming within seconds of a broker's return, however long the outage was.
+        """
+        while True:
+            if self._stopping.wait(backoff):
+                return None
+            backoff = min(backoff * 2, _MAX_BACKOFF_SECONDS)
+            try:
+                self._connect()
+                return backoff
+            except Exception as exc:
+                self._drop_connection()  # whatever part of it was made
+                log.warning(
+                    "reconnecting failed (%s); next try in %.1f s",
+                    exc,
+                    backoff,
+                    extra={"broker": self.spec.display},
+                )
 
     def _watchdog(self) -> None:
         """Reconnect a consumer that receives nothing while its queues have jobs ready.
