@@ -16,6 +16,7 @@ from uno_jobs.errors import (
     PayloadError,
     Retry,
     SkipJob,
+    StoreUnavailableError,
     UnoJobsError,
 )
 from uno_jobs.middleware import Middleware
@@ -46,6 +47,7 @@ __all__ = [
     "Queue",
     "Retry",
     "SkipJob",
+    "StoreUnavailableError",
     "SyncWorker",
     "Task",
     "TaskRegistry",

@@ -22,6 +22,7 @@ from uno_jobs.errors import (
     JobFailedError,
     JobNotFoundError,
     JobTimeoutError,
+    StoreUnavailableError,
     UnoJobsError,
 )
 from uno_jobs.logs import configure_logging
@@ -221,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError as exc:
         print(f"uno-jobs: configuration error: {exc}", file=sys.stderr)
         return 2
-    except BrokerUnavailableError as exc:
+    except (BrokerUnavailableError, StoreUnavailableError) as exc:
         print(f"uno-jobs: {exc}", file=sys.stderr)
         return 4
     except JobNotFoundError as exc:

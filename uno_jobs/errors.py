@@ -12,6 +12,7 @@
     │   ├── DuplicateJobError       a job with that id exists already
     │   ├── PayloadError            arguments not JSON-serialisable, or too large
     │   └── BrokerUnavailableError  the broker could not be reached or did not confirm
+    ├── StoreUnavailableError       the job store could not be reached (names it)
     ├── JobNotFoundError            no record of that job id
     ├── JobStateError               the job's status does not allow it (cancel a finished job)
     ├── JobFailedError              raised by ``JobHandle.wait`` when the job failed
@@ -51,6 +52,7 @@ __all__ = [
     "PayloadError",
     "Retry",
     "SkipJob",
+    "StoreUnavailableError",
     "TaskError",
     "UnknownTaskError",
     "UnoJobsError",
@@ -119,6 +121,14 @@ class BrokerUnavailableError(EnqueueError, ConnectionError):
     def __init__(self, broker: str, detail: str) -> None:
         super().__init__(f"broker {broker} is unavailable: {detail}")
         self.broker = broker
+
+
+class StoreUnavailableError(UnoJobsError, ConnectionError):
+    """The job store could not be reached (a Redis store that is down, say)."""
+
+    def __init__(self, store: str, detail: str) -> None:
+        super().__init__(f"job store {store} is unavailable: {detail}")
+        self.store = store
 
 
 class JobNotFoundError(UnoJobsError, LookupError):

@@ -5,6 +5,7 @@ Each test uses its own key prefix and deletes every key under it at the end.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 import uuid
@@ -20,6 +21,7 @@ from cancel_contract import CancellationContract
 from store_contract import NOW, StoreContract, a_record, wait_for
 from store_history_contract import HistoryContract, failed_attempt
 
+from uno_jobs.errors import StoreUnavailableError
 from uno_jobs.store import DeadLetter, JobStore, JobUpdate, open_store
 
 pytestmark = pytest.mark.integration
@@ -97,7 +99,7 @@ def test_the_default_prefix_is_uno_jobs() -> None:
 def test_an_unreachable_redis_fails_fast() -> None:
     store = open_store("redis://127.0.0.1:1/0")  # nothing listens on port 1
     started = time.monotonic()
-    with pytest.raises(redis.ConnectionError):
+    with pytest.raises(StoreUnavailableError, match=re.escape("job store redis://127.0.0.1:1/0")):
         store.get("a")
     assert time.monotonic() - started < 3
     store.close()

@@ -19,10 +19,11 @@ The scripts touch several keys, so the store needs one Redis (not a Redis Cluste
 
 from __future__ import annotations
 
+import functools
 import json
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -30,7 +31,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from uno_jobs.config import redact_url
-from uno_jobs.errors import DuplicateJobError
+from uno_jobs.errors import DuplicateJobError, StoreUnavailableError
 from uno_jobs.store._base import (
     ATTEMPT_ERROR,
     DEFAULT_RESULT_LIMIT_BYTES,
@@ -222,11 +223,39 @@ def _items(columns: dict[str, Any]) -> list[str]:
     return items
 
 
+_Store = TypeVar("_Store", bound=type)
+
+
+def _unavailable_is_store_error(cls: _Store) -> _Store:
+    """Make every public method raise ``StoreUnavailableError`` (naming the store, its URL
+    redacted) where redis-py raised its connection or timeout error, so callers and the
+    CLI see the store named, as a broker that is down is named."""
+
+    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise StoreUnavailableError(
+                    redact_url(self.url), str(exc) or type(exc).__name__
+                ) from exc
+
+        return call
+
+    for name, value in list(vars(cls).items()):
+        if callable(value) and not name.startswith("_") and name != "close":
+            setattr(cls, name, wrap(value))
+    return cls
+
+
+@_unavailable_is_store_error
 class RedisStore:
     """A ``JobStore`` in Redis, shared by every host that reaches the server.
 
-    A dead server is an error within ``SOCKET_TIMEOUT_SECONDS``, not a hang, and calls are
-    not retried behind the caller's back (a retried ``create`` could refuse its own job).
+    A dead server is an error within ``SOCKET_TIMEOUT_SECONDS``, not a hang
+    (``StoreUnavailableError``, naming the store), and calls are not retried behind the
+    caller's back (a retried ``create`` could refuse its own job).
 
     Args:
         url: ``redis://`` or ``rediss://`` URL of the server and database; a query
