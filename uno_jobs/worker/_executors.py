@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import ctypes
 import functools
 import queue
 import threading
@@ -154,6 +153,8 @@ class _DaemonThreadPool:
 
     def interrupt(self, future: asyncio.Future[Any] | None = None) -> int:
         """Interrupt the thread running ``future`` (or every running one); returns how many."""
+        import ctypes  # here: only workers that interrupt a thread need it
+
         count = 0
         with self._lock:
             for ident, running in self._running.items():

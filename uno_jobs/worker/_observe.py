@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from uno_jobs.events import EventHub, JobEvents
 from uno_jobs.plugins import get_plugins
-from uno_jobs.worker._probes import ProbeServer
 
 if TYPE_CHECKING:
     from uno_jobs.worker._base import BaseWorker
+    from uno_jobs.worker._probes import ProbeServer
 
 __all__ = ["Observer"]
 
@@ -95,6 +95,9 @@ class Observer:
         self._tick()
         port = worker.options.probe_port
         if port is not None:
+            # Imported here: http.server and what it pulls in cost ~1 MB of memory.
+            from uno_jobs.worker._probes import ProbeServer
+
             self._probes = ProbeServer(
                 worker.options.probe_host,
                 port,
