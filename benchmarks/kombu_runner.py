@@ -10,6 +10,10 @@ no publisher confirms), then consume them with a ``Consumer`` of that ``prefetch
 whose callback acks each message, driven by ``connection.drain_events``. The queue is
 declared as Celery and uno_jobs declare theirs (durable direct exchange of the same name),
 messages are persistent (kombu's default), and the queue is deleted at the end.
+
+``--rates``: only publish, N messages without confirms and N with kombu's
+``confirm_publish`` (RabbitMQ: each publish waits for its confirm; Redis: every publish
+waits for the command's reply anyway), and report both times.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ _BODY: list[Any] = [[], {}, {"callbacks": None, "errbacks": None, "chain": None,
 _DRAIN_TIMEOUT_SECONDS = 30.0
 
 
-def _connection(url: str, key_prefix: str | None) -> Connection:
-    options: dict[str, Any] = {}
+def _connection(url: str, key_prefix: str | None, confirm: bool = False) -> Connection:
+    options: dict[str, Any] = {"confirm_publish": True} if confirm else {}
     if url.startswith("redis") and key_prefix:
         options["global_keyprefix"] = key_prefix
     return Connection(url, transport_options=options, connect_timeout=5)
@@ -101,6 +105,23 @@ def run(url: str, name: str, jobs: int, prefetches: list[int], key_prefix: str |
     return result
 
 
+def rates(url: str, name: str, jobs: int, key_prefix: str | None) -> Any:
+    """Publish ``jobs`` messages unconfirmed, then ``jobs`` confirmed; the seconds of each."""
+    exchange = Exchange(name, type="direct", durable=True)
+    queue = KombuQueue(name, exchange, routing_key=name, durable=True)
+    result: dict[str, Any] = {"jobs": jobs}
+    for label, confirm in (("unconfirmed", False), ("confirmed", True)):
+        with _connection(url, key_prefix, confirm) as conn:
+            conn.ensure_connection(max_retries=1)
+            result[label] = publish(conn, queue, jobs)
+    with _connection(url, key_prefix) as conn:
+        channel = conn.channel()
+        queue(channel).delete()
+        exchange(channel).delete()
+        channel.close()
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line, run, print the JSON result."""
     parser = argparse.ArgumentParser(prog="benchmarks.kombu_runner")
@@ -109,7 +130,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, required=True)
     parser.add_argument("--prefetch", default="100,150")
     parser.add_argument("--key-prefix", default=None)
+    parser.add_argument("--rates", action="store_true", help="only time publishing")
     args = parser.parse_args(argv)
+    if args.rates:
+        print(json.dumps(rates(args.broker, args.queue, args.jobs, args.key_prefix)))
+        return
     prefetches = [int(p) for p in args.prefetch.split(",") if p]
     print(json.dumps(run(args.broker, args.queue, args.jobs, prefetches, args.key_prefix)))
 
