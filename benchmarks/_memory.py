@@ -14,7 +14,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["TreeMemory", "descendants", "parse_kib", "peak_tree_memory", "tree_memory"]
+__all__ = [
+    "SoakSample",
+    "TreeMemory",
+    "descendants",
+    "growth_after_warmup",
+    "parse_kib",
+    "peak_tree_memory",
+    "tree_memory",
+]
 
 _PROC = Path("/proc")
 
@@ -89,3 +97,25 @@ def peak_tree_memory(pid: int, seconds: float, every_seconds: float = 0.25) -> T
         if now.rss_mib > peak.rss_mib:
             peak = now
     return peak
+
+
+@dataclass(frozen=True)
+class SoakSample:
+    """One soak reading: seconds since the worker started, its memory, the queue's
+    backlog and how many jobs had been enqueued."""
+
+    seconds: float
+    rss_mib: float
+    pss_mib: float
+    backlog: int
+    sent: int
+
+
+def growth_after_warmup(samples: list[SoakSample], warmup_seconds: float) -> float | None:
+    """(Highest RSS after the first post-warm-up sample - that sample's RSS) / its RSS;
+    ``None`` if fewer than two samples fall after the warm-up."""
+    after = [s for s in samples if s.seconds >= warmup_seconds]
+    if len(after) < 2:
+        return None
+    base = after[0].rss_mib
+    return (max(s.rss_mib for s in after[1:]) - base) / base

@@ -64,6 +64,9 @@ SYSTEMS = (
 )
 BROKERS = ("embedded", "redis", "amqp")
 MEASURES = ("throughput", "enqueue", "latency", "backlog")
+#: The backlog measure's default systems: its target is about the AsyncWorker, and a
+#: 100,000-job prefill per Celery pool and uno_jobs worker type would double the run.
+BACKLOG_SYSTEMS = ("uno_async", "celery", "dramatiq")
 _UNO_ONLY_BROKERS = {"embedded"}
 
 Runner = Callable[[Context, str, str], list[Sample]]
@@ -99,6 +102,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--backlog", type=int, default=100_000, help="jobs queued for the memory measure")
     add("--backlog-seconds", type=float, default=10.0, help="memory sampled this long")
     add("--backlog-rounds", type=int, default=None, help="rounds with the backlog measure")
+    add("--backlog-systems", type=lambda v: _csv(v, SYSTEMS, "--backlog-systems"),
+        default=list(BACKLOG_SYSTEMS), help="systems of the backlog measure")  # fmt: skip
     add("--redis-url", default=RunNames.redis_url)
     add("--amqp-url", default=RunNames.amqp_url)
     add("--docs", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md",
@@ -219,7 +224,9 @@ def measure(args: argparse.Namespace, names: RunNames, workdir: Path) -> list[Sa
     for round_no in range(1, args.rounds + 1):
         ctx.round_no = round_no
         for what, system, broker in steps:
-            if what == "backlog" and round_no > args.backlog_rounds:
+            if what == "backlog" and (
+                round_no > args.backlog_rounds or system not in args.backlog_systems
+            ):
                 continue
             t0 = time.monotonic()
             runner = RUNNERS[system] if what == "throughput" else _MEASURE_RUNNERS[what]
@@ -253,7 +260,7 @@ def _meta(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         "enqueue_jobs": args.enqueue_jobs,
         "latency_jobs": args.latency_jobs,
         "backlog": f"{args.backlog} jobs, {args.backlog_seconds:g} s, "
-        f"{min(args.backlog_rounds, args.rounds)} round(s)",
+        f"{min(args.backlog_rounds, args.rounds)} round(s), {'/'.join(args.backlog_systems)}",
         "brokers": ",".join(args.brokers),
         "cpus": os.cpu_count(),
         "load_before": round(os.getloadavg()[0], 2),

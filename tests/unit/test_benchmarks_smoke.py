@@ -216,3 +216,13 @@ def test_parse_kib_reads_a_proc_field() -> None:
 def test_tree_memory_counts_this_process() -> None:
     mem = _memory.tree_memory(os.getpid())
     assert mem.processes >= 1 and mem.rss_mib > 1 and mem.pss_mib > 0
+
+
+def _soak(seconds: float, rss: float) -> Any:
+    return _memory.SoakSample(seconds, rss, rss, 0, 0)
+
+
+def test_soak_growth_starts_after_the_warmup_and_takes_the_highest_later_sample() -> None:
+    samples = [_soak(0, 10), _soak(60, 50), _soak(120, 100), _soak(180, 111), _soak(240, 105)]
+    assert _memory.growth_after_warmup(samples, 120) == pytest.approx(0.11)
+    assert _memory.growth_after_warmup(samples, 200) is None
