@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
-import redis
+from benchmarks._resp import RespClient
 
 __all__ = [
     "LatencyRecorder",
@@ -60,15 +60,15 @@ class LatencyRecorder:
 
     def __init__(self, key: str, redis_url: str) -> None:
         self.key = key
-        self._redis = redis.Redis.from_url(redis_url)
+        self._redis = RespClient(redis_url)  # not redis-py: see benchmarks._resp
 
     def record(self, sent_ns: int) -> None:
         """Call on the task's first line with the job's ``sent_ns`` argument."""
         now = time.time_ns()
         if sent_ns == 0:
-            self._redis.set(f"{self.key}:ready", 1, ex=_KEY_TTL_SECONDS)
+            self._redis.command("SET", f"{self.key}:ready", 1, "EX", _KEY_TTL_SECONDS)
             return
-        self._redis.rpush(self.key, now - sent_ns)
+        self._redis.command("RPUSH", self.key, now - sent_ns)
 
 
 def from_environment() -> LatencyRecorder | None:
@@ -88,6 +88,8 @@ def wait_ready(send: Callable[[int], object], timeout: float = 120.0) -> float:
     Raises:
         TimeoutError: no answer within ``timeout``.
     """
+    import redis  # the producer's process: its memory is not measured
+
     key = f"{os.environ['BENCH_LAT_KEY']}:ready"
     client = redis.Redis.from_url(os.environ.get("BENCH_REDIS_URL", "redis://"))
     t0 = time.monotonic()

@@ -3,9 +3,10 @@ under a backlog, for each system on one broker.
 
 - ``run_enqueue``: each way a system can enqueue, N jobs each, into a fresh queue that is
   deleted afterwards (``benchmarks/README.md`` lists the ways).
-- ``run_latency``: start ONE worker, ping it until it answers, let it idle
-  ``idle_seconds`` and read its memory (``rss_idle``, ``pss_idle``), then send the latency
-  jobs 5 ms apart (``benchmarks._latency``) and take p50/p99 of what the task recorded.
+- ``run_latency``: start ONE worker (raw kombu: a consume+ack loop, the transport's
+  floor), ping it until it answers, let it idle ``idle_seconds`` and read its memory
+  (``rss_idle``, ``pss_idle``), then send the latency jobs 5 ms apart
+  (``benchmarks._latency``) and take p50/p99 of what the task recorded.
   Every producer here waits for publisher confirms on RabbitMQ (``BENCH_CONFIRM=1``).
 - ``run_backlog``: queue ``backlog`` no-op jobs, start the worker and take the peak memory
   of its process tree over the first ``backlog_seconds`` of the drain (``rss_backlog``).
@@ -65,7 +66,16 @@ def _uno(ctx: Context, action: str, broker: str, queue: str, *more: str) -> list
     return [*base[:3], action, *base[3:], *more]
 
 
+def _kombu(ctx: Context, broker: str, queue: str, *more: str) -> list[str]:
+    return [
+        *_py("benchmarks.kombu_runner"), "--broker", ctx.names.url(broker), "--queue", queue,
+        "--key-prefix", ctx.names.key_prefix, *more,
+    ]  # fmt: skip
+
+
 def _worker_cmd(ctx: Context, system: str, broker: str, queue: str) -> list[str]:
+    if system == "kombu":
+        return _kombu(ctx, broker, queue, "--serve")
     if system.startswith("uno"):
         return _uno(ctx, "serve", broker, queue, "--kind", system.removeprefix("uno_"))
     return peer_commands(system, queue)[1]
@@ -73,6 +83,8 @@ def _worker_cmd(ctx: Context, system: str, broker: str, queue: str) -> list[str]
 
 def _producer(ctx: Context, system: str, broker: str, queue: str, action: str) -> list[str]:
     """The command that pings (``ping``) or sends latency jobs (``latency``)."""
+    if system == "kombu":
+        return _kombu(ctx, broker, queue, f"--{action}", "--jobs", str(ctx.latency_jobs))
     if system.startswith("uno"):
         task = ASYNC_LATENCY_TASK if system == "uno_async" else LATENCY_TASK
         jobs = str(ctx.latency_jobs)
@@ -103,7 +115,7 @@ def _clean(ctx: Context, system: str, broker: str, queue: str, env: dict[str, st
         if system.startswith("uno"):
             if broker != "embedded":
                 _proc.run_json(_uno(ctx, "delete", broker, queue), env, 60, ctx.log_path(queue))
-        elif broker == "amqp":
+        elif broker == "amqp":  # Celery, Dramatiq, raw kombu
             names = [queue, f"{queue}.DQ", f"{queue}.XQ"] if system == "dramatiq" else [queue]
             delete_amqp(ctx.names.amqp_url, names, [] if system == "dramatiq" else [queue])
         else:
@@ -136,10 +148,7 @@ def run_enqueue(ctx: Context, system: str, broker: str) -> list[Sample]:
             ("enq_bulk_conf", cmd, "bulk", {}),
         ]
     elif system == "kombu":
-        cmd = [
-            *_py("benchmarks.kombu_runner"), "--rates", "--broker", ctx.names.url(broker),
-            "--queue", queue, "--jobs", str(jobs), "--key-prefix", ctx.names.key_prefix,
-        ]  # fmt: skip
+        cmd = _kombu(ctx, broker, queue, "--rates", "--jobs", str(jobs))
         steps = [("enq_single_conf", cmd, "confirmed", {})]
         if confirmable:
             steps.append(("enq_single_unconf", cmd, "unconfirmed", {}))

@@ -122,7 +122,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _applies(measure: str, system: str, broker: str) -> bool:
     if broker in _UNO_ONLY_BROKERS and not system.startswith("uno"):
         return False
-    return measure in ("throughput", "enqueue") or system != "kombu"
+    return measure != "backlog" or system != "kombu"
 
 
 def _enqueue_system(system: str) -> str:

@@ -226,3 +226,10 @@ def test_soak_growth_starts_after_the_warmup_and_takes_the_highest_later_sample(
     samples = [_soak(0, 10), _soak(60, 50), _soak(120, 100), _soak(180, 111), _soak(240, 105)]
     assert _memory.growth_after_warmup(samples, 120) == pytest.approx(0.11)
     assert _memory.growth_after_warmup(samples, 200) is None
+
+
+def test_resp_commands_are_arrays_of_bulk_strings() -> None:
+    from benchmarks import _resp
+
+    assert _resp.encode_command("RPUSH", "k", 12) == b"*3\r\n$5\r\nRPUSH\r\n$1\r\nk\r\n$2\r\n12\r\n"
+    assert _resp.encode_command("SET", b"\xff") == b"*2\r\n$3\r\nSET\r\n$1\r\n\xff\r\n"
