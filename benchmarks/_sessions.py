@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -110,22 +111,18 @@ def _stop(system: str, proc: subprocess.Popen[bytes]) -> None:
 
 
 def _clean(ctx: Context, system: str, broker: str, queue: str, env: dict[str, str]) -> None:
-    """Delete the session's queue now: a 100,000-job backlog should not wait for the end."""
+    """Delete the session's queue now: a 100,000-job backlog should not wait for the end.
+
+    On Redis the run's keys are all deleted after each step anyway (``run.measure``).
+    """
     try:
         if system.startswith("uno"):
             if broker != "embedded":
                 _proc.run_json(_uno(ctx, "delete", broker, queue), env, 60, ctx.log_path(queue))
+            shutil.rmtree(env["UNO_JOBS_HOME"], ignore_errors=True)  # SQLite store, embedded
         elif broker == "amqp":  # Celery, Dramatiq, raw kombu
             names = [queue, f"{queue}.DQ", f"{queue}.XQ"] if system == "dramatiq" else [queue]
             delete_amqp(ctx.names.amqp_url, names, [] if system == "dramatiq" else [queue])
-        else:
-            client = redis.Redis.from_url(ctx.names.redis_url)
-            try:
-                keys = list(client.scan_iter(match=f"{ctx.names.key_prefix}*{queue}*"))
-                if keys:
-                    client.delete(*keys)
-            finally:
-                client.close()
     except Exception as exc:
         ctx.log(f"  ! deleting {queue}: {exc}")
 

@@ -232,9 +232,20 @@ def measure(args: argparse.Namespace, names: RunNames, workdir: Path) -> list[Sa
             runner = RUNNERS[system] if what == "throughput" else _MEASURE_RUNNERS[what]
             got = runner(ctx, system, broker)
             samples += got
+            if broker == "redis":
+                # Job records, queues, done keys: nothing of a step is needed by the next,
+                # and 100,000-job backlogs should not pile up in the shared Redis.
+                _delete_redis_keys(names)
             took = time.monotonic() - t0
             _log(f"[round {round_no}] {what} {system} on {broker}: {_summary(got)} ({took:.0f} s)")
     return samples
+
+
+def _delete_redis_keys(names: RunNames) -> None:
+    try:
+        delete_redis(names.redis_url, names.key_prefix)
+    except Exception as exc:
+        _log(f"  ! Redis keys under {names.key_prefix!r} not deleted: {exc}")
 
 
 def clean_up(names: RunNames, brokers: list[str]) -> None:
