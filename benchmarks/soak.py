@@ -181,8 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     growth = growth_after_warmup(samples, args.warmup_minutes * 60)
     backlog_grew = len(samples) > 2 and samples[-1].backlog > max(100.0, args.rate * 5)
     if args.json:
-        doc = {"args": {k: str(v) for k, v in vars(args).items()}, "growth": growth}
-        doc["samples"] = [asdict(s) for s in samples]
+        doc = {
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "growth": growth,
+            "samples": [asdict(s) for s in samples],
+        }
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
     failed = bool(stopped) or growth is None or growth > args.max_growth or backlog_grew
     if stopped:
