@@ -88,7 +88,8 @@ def render_section(
             "",
             "### Ratios: uno_jobs ÷ each peer",
             "",
-            "Medians over the rounds. For the measures marked *lower* (latency, memory) a ratio "
+            "Each ratio is the median over the rounds of that round's ratio (a target too). "
+            "For the measures marked *lower* (latency, memory) a ratio "
             "below 1 is uno_jobs' advantage; for the others a ratio above 1. Celery's column "
             "divides by its best pool for that measure (named).",
             "",

@@ -142,7 +142,10 @@ class Sample:
 
 @dataclass(frozen=True)
 class Figure:
-    """The median value of one (system, broker, metric) over the rounds of a run."""
+    """The median value of one (system, broker, metric) over the rounds of a run.
+
+    ``values`` are the successful rounds' values and ``rounds`` their round numbers.
+    """
 
     system: str
     broker: str
@@ -151,6 +154,7 @@ class Figure:
     value: float | None
     values: tuple[float, ...] = ()
     failures: tuple[str, ...] = ()
+    rounds: tuple[int, ...] = ()
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -230,7 +234,8 @@ def summarize(samples: Iterable[Sample]) -> list[Figure]:
         groups.setdefault((sample.system, sample.broker, sample.metric), []).append(sample)
     figures = []
     for (system, broker, metric), group in groups.items():
-        values = tuple(v for v in (s.value for s in group) if v is not None)
+        ok = [s for s in group if s.value is not None]
+        values = tuple(s.value for s in ok if s.value is not None)
         failures = tuple(s.error or "failed" for s in group if s.value is None)
         figures.append(
             Figure(
@@ -241,6 +246,7 @@ def summarize(samples: Iterable[Sample]) -> list[Figure]:
                 value=statistics.median(values) if values else None,
                 values=values,
                 failures=failures,
+                rounds=tuple(s.round for s in ok),
             )
         )
     return figures
@@ -292,10 +298,35 @@ def _peer(index: _Index, peer: str, broker: str, metric: str) -> Figure | None:
     return index.get((peer, broker, metric))
 
 
+def _by_round(fig: Figure) -> dict[int, float]:
+    return dict(zip(fig.rounds, fig.values, strict=True))
+
+
 def _divide(top: Figure | None, bottom: Figure | None) -> float | None:
+    """The median over the rounds of the per-round ratio ``top / bottom``.
+
+    Each round's two figures were measured minutes apart, so a slow stretch of the shared
+    machine hits both; the median of the ratios keeps that pairing. Without a round that
+    has both figures, the ratio of the medians.
+    """
     if top is None or bottom is None or top.value is None or not bottom.value:
         return None
+    tops, bottoms = _by_round(top), _by_round(bottom)
+    paired = [tops[r] / bottoms[r] for r in tops if bottoms.get(r)]
+    if paired:
+        return statistics.median(paired)
     return top.value / bottom.value
+
+
+def _added(idle: Figure, peak: Figure) -> float | None:
+    """Median over the rounds of (peak - idle), or the difference of the medians."""
+    idles, peaks = _by_round(idle), _by_round(peak)
+    paired = [peaks[r] - idles[r] for r in peaks if r in idles]
+    if paired:
+        return statistics.median(paired)
+    if idle.value is None or peak.value is None:
+        return None
+    return peak.value - idle.value
 
 
 def compute_peer_ratios(figures: Sequence[Figure]) -> list[PeerRatios]:
@@ -401,9 +432,7 @@ def _latency_memory_targets(index: _Index, broker: str) -> list[Ratio]:
 def _backlog_target(index: _Index, broker: str) -> Ratio:
     idle = _uno(index, broker, "rss_idle")
     peak = index.get((idle.system, broker, "rss_backlog")) if idle else None
-    added = None
-    if idle and peak and idle.value is not None and peak.value is not None:
-        added = peak.value - idle.value
+    added = _added(idle, peak) if idle and peak else None
     return _absolute(
         f"RSS added by the backlog (peak - idle), uno_jobs, {BROKER_LABELS[broker]}",
         peak, added, 50.0, "MiB",
@@ -411,7 +440,8 @@ def _backlog_target(index: _Index, broker: str) -> Ratio:
 
 
 def compute_ratios(figures: Sequence[Figure]) -> list[Ratio]:
-    """Every target of the benchmark issues, each from figures of this run.
+    """Every target of the benchmark issues, each from figures of this run: a ratio is
+    the median over the rounds of the per-round ratio (``_divide``).
 
     A target whose figures were not measured in this run (a broker or system left out)
     is dropped, except the first (AsyncWorker vs raw kombu on RabbitMQ), which is always

@@ -233,3 +233,36 @@ def test_resp_commands_are_arrays_of_bulk_strings() -> None:
 
     assert _resp.encode_command("RPUSH", "k", 12) == b"*3\r\n$5\r\nRPUSH\r\n$1\r\nk\r\n$2\r\n12\r\n"
     assert _resp.encode_command("SET", b"\xff") == b"*2\r\n$3\r\nSET\r\n$1\r\n\xff\r\n"
+
+
+def test_a_target_is_the_median_of_the_per_round_ratios() -> None:
+    rounds = [(1, 1000, 500), (2, 3000, 1000), (3, 2000, 2000)]  # ratios 2, 3, 1
+    samples = []
+    for round_no, uno, dramatiq in rounds:
+        samples.append(Sample("uno_async", "amqp", "throughput", uno, 1.0, round_no))
+        samples.append(Sample("dramatiq", "amqp", "throughput", dramatiq, 1.0, round_no))
+    ratios = _by_label(report.compute_ratios(report.summarize(samples)))
+    # Medians 2000 / 1000, ratios 2, 3, 1: both ways give 2.0 so far.
+    ratio = ratios["no-op throughput, uno_jobs best / Dramatiq, RabbitMQ"]
+    assert ratio.value == pytest.approx(2.0)
+    samples.append(Sample("uno_async", "amqp", "throughput", 10, 1.0, 4))
+    samples.append(Sample("dramatiq", "amqp", "throughput", 1, 1.0, 4))  # ratio 10
+    samples.append(Sample("uno_async", "amqp", "throughput", 1, None, 5, error="stalled"))
+    samples.append(Sample("dramatiq", "amqp", "throughput", 1000, 1.0, 5))  # unpaired
+    ratios = _by_label(report.compute_ratios(report.summarize(samples)))
+    ratio = ratios["no-op throughput, uno_jobs best / Dramatiq, RabbitMQ"]
+    # The median of the paired ratios 2, 3, 1, 10; the ratio of the medians is 1.5.
+    assert ratio.value == pytest.approx(2.5)
+
+
+def test_backlog_added_is_paired_by_round() -> None:
+    samples = [
+        _amount("uno_async", "redis", "rss_idle", 50.0, 1),
+        _amount("uno_async", "redis", "rss_backlog", 52.0, 1),
+        _amount("uno_async", "redis", "rss_idle", 60.0, 2),
+        _amount("uno_async", "redis", "rss_backlog", 70.0, 2),
+        _amount("uno_async", "redis", "rss_idle", 55.0, 3),
+    ]
+    ratios = _by_label(report.compute_ratios(report.summarize(samples)))
+    added = ratios["RSS added by the backlog (peak - idle), uno_jobs, Redis"]
+    assert added.value == pytest.approx(6.0)  # median of 2 and 10
