@@ -79,7 +79,7 @@ def _worker_cmd(ctx: Context, system: str, broker: str, queue: str) -> list[str]
         return _kombu(ctx, broker, queue, "--serve")
     if system.startswith("uno"):
         return _uno(ctx, "serve", broker, queue, "--kind", system.removeprefix("uno_"))
-    return peer_commands(system, queue)[1]
+    return peer_commands(system, queue, broker)[1]
 
 
 def _producer(ctx: Context, system: str, broker: str, queue: str, action: str) -> list[str]:
@@ -90,7 +90,7 @@ def _producer(ctx: Context, system: str, broker: str, queue: str, action: str) -
         task = ASYNC_LATENCY_TASK if system == "uno_async" else LATENCY_TASK
         jobs = str(ctx.latency_jobs)
         return _uno(ctx, action, broker, queue, "--task", task, "--jobs", jobs)
-    producer = peer_commands(system, queue)[0]
+    producer = peer_commands(system, queue, broker)[0]
     return [*producer, action, *([str(ctx.latency_jobs)] if action == "latency" else [])]
 
 
@@ -150,7 +150,7 @@ def run_enqueue(ctx: Context, system: str, broker: str) -> list[Sample]:
         if confirmable:
             steps.append(("enq_single_unconf", cmd, "unconfirmed", {}))
     else:
-        cmd = [*peer_commands(system, queue)[0], "rates", str(jobs)]
+        cmd = [*peer_commands(system, queue, broker)[0], "rates", str(jobs)]
         modes = [("conf", {"BENCH_CONFIRM": "1"})]
         if confirmable:
             modes.append(("unconf", {}))
@@ -248,7 +248,7 @@ def run_backlog(ctx: Context, system: str, broker: str) -> list[Sample]:
         task = ASYNC_TASK if system == "uno_async" else SYNC_TASK
         prefill = _uno(ctx, "enqueue", broker, queue, "--jobs", str(jobs), "--task", task)
     else:
-        prefill = [*peer_commands(system, queue)[0], str(jobs)]
+        prefill = [*peer_commands(system, queue, broker)[0], str(jobs)]
     try:
         _proc.run_json(prefill, env, 120 + jobs / 50, log)
         proc = _proc.start(_worker_cmd(ctx, system, broker, queue), env, log)

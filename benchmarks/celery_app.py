@@ -1,12 +1,13 @@
 """The Celery app of the benchmark, configured from the environment the runner sets.
 
 Worker: ``celery -A benchmarks.celery_app worker -P solo -c 1 -Q <queue>
---without-heartbeat --without-gossip --without-mingle``.
+--without-heartbeat --without-gossip --without-mingle`` (or ``-P threads -c 8``,
+``-P prefork -c 2``); the solo pool on RabbitMQ with ``--prefetch-multiplier 25`` (at the
+default of 4 it stalls for 10-20 s at a time on this machine; see ``_systems``).
 
 Settings: late acks (as uno_jobs), results ignored and no result backend, remote control
-off (no pidbox queue left behind). On RabbitMQ ``worker_prefetch_multiplier=25``: at the
-default of 4 the solo worker stalls for 10-20 s at a time on this machine. On Redis the
-run's key prefix is kombu's ``global_keyprefix``.
+off (no pidbox queue left behind). On Redis the run's key prefix is kombu's
+``global_keyprefix``.
 
 Environment: ``BENCH_BROKER_URL``, ``BENCH_QUEUE``, ``BENCH_KEY_PREFIX`` (Redis), and
 the completion counter's ``BENCH_JOBS``, ``BENCH_DONE_KEY``, ``BENCH_REDIS_URL``.
@@ -53,10 +54,8 @@ def _settings() -> dict[str, Any]:
     if BROKER_URL.startswith("redis"):
         if _KEY_PREFIX:
             settings["broker_transport_options"] = {"global_keyprefix": _KEY_PREFIX}
-    else:
-        settings["worker_prefetch_multiplier"] = 25
-        if os.environ.get("BENCH_CONFIRM") == "1":
-            settings["broker_transport_options"] = {"confirm_publish": True}
+    elif os.environ.get("BENCH_CONFIRM") == "1":
+        settings["broker_transport_options"] = {"confirm_publish": True}
     return settings
 
 
