@@ -159,17 +159,21 @@ def run_enqueue(ctx: Context, system: str, broker: str) -> list[Sample]:
             if system in CELERY_POOLS:
                 steps.append((f"enq_bulk_{mode}", cmd, "bulk", extra))
     samples: list[Sample] = []
-    results: dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...]], dict[str, Any]] = {}
+    # One run of a command reports several ways; a failed run is not repeated.
+    results: dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...]], Any] = {}
     try:
         for metric, cmd, key, extra in steps:
             cache_key = (tuple(cmd), tuple(sorted(extra.items())))
-            try:
-                if cache_key not in results:  # one run reports several ways
+            if cache_key not in results:
+                try:
                     results[cache_key] = _proc.run_json(cmd, {**env, **extra}, timeout, log)
-                seconds = results[cache_key][key]
-                samples.append(Sample(system, broker, metric, jobs, seconds, ctx.round_no))
-            except _proc.StepError as exc:
-                samples.append(_failed(ctx, system, broker, metric, jobs, exc))
+                except _proc.StepError as exc:
+                    results[cache_key] = exc
+            result = results[cache_key]
+            if isinstance(result, _proc.StepError):
+                samples.append(_failed(ctx, system, broker, metric, jobs, result))
+            else:
+                samples.append(Sample(system, broker, metric, jobs, result[key], ctx.round_no))
     finally:
         _clean(ctx, system, broker, queue, env)
     return samples
