@@ -1,7 +1,9 @@
 """Completion counting for the Celery and Dramatiq workers, cheap enough to ignore.
 
-Each no-op job increments a counter in the worker process (under a lock, for Dramatiq's
-threads). The first job records its start time; the N-th job records its end time and
+Each no-op job increments a counter shared by the worker's processes (a
+``multiprocessing.Value`` made at import, so the children that Celery's prefork pool forks
+from the worker share it; its lock also serves Dramatiq's and Celery's threads). The
+first job records its start time; the N-th job records its end time and
 writes both to one Redis key, which the benchmark runner polls. Every 1,000 jobs the
 count is written too, so a stalled run says how far it got. Per job this costs a lock
 and an integer increment, not a network round trip (a Redis INCR per job would add
@@ -14,11 +16,11 @@ Configured from the environment the runner sets: ``BENCH_JOBS`` (N),
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
-import threading
 import time
 
-import redis
+from benchmarks._resp import RespClient
 
 __all__ = ["Completion", "from_environment"]
 
@@ -39,28 +41,28 @@ class Completion:
     def __init__(self, target: int, key: str, redis_url: str) -> None:
         self.target = target
         self.key = key
-        self._lock = threading.Lock()
-        self._count = 0
-        self._first: float | None = None
-        self._redis = redis.Redis.from_url(redis_url)
+        ctx = multiprocessing.get_context("fork")
+        self._count = ctx.Value("q", 0)
+        self._first = ctx.Value("d", 0.0)
+        self._redis = RespClient(redis_url)  # not redis-py: see benchmarks._resp
 
     def job_started(self) -> None:
         """Call at the start of each job (records the first one's time)."""
-        if self._first is None:
-            with self._lock:
-                if self._first is None:
-                    self._first = time.time()
+        if not self._first.value:
+            with self._first.get_lock():
+                if not self._first.value:
+                    self._first.value = time.time()
 
     def job_finished(self) -> None:
         """Call at the end of each job."""
-        with self._lock:
-            self._count += 1
-            count = self._count
+        with self._count.get_lock():
+            self._count.value += 1
+            count = self._count.value
         if count % _PROGRESS_EVERY == 0:
-            self._redis.set(f"{self.key}:count", count, ex=_KEY_TTL_SECONDS)
+            self._redis.command("SET", f"{self.key}:count", count, "EX", _KEY_TTL_SECONDS)
         if count == self.target:
-            done = {"first": self._first, "last": time.time(), "count": count}
-            self._redis.set(self.key, json.dumps(done), ex=_KEY_TTL_SECONDS)
+            done = {"first": self._first.value, "last": time.time(), "count": count}
+            self._redis.command("SET", self.key, json.dumps(done), "EX", _KEY_TTL_SECONDS)
 
 
 def from_environment() -> Completion | None:

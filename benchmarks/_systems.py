@@ -33,12 +33,38 @@ from benchmarks._brokers import RunNames
 from benchmarks.bench_tasks import ASYNC_TASK, SYNC_TASK
 from benchmarks.report import Sample
 
-__all__ = ["KOMBU_PREFETCHES", "RUNNERS", "Context"]
+__all__ = [
+    "CELERY_POOLS",
+    "KOMBU_PREFETCHES",
+    "RUNNERS",
+    "Context",
+    "peer_commands",
+    "register_amqp",
+]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KOMBU_PREFETCHES = (100, 150)
 _MIN_RATE = 50.0  # jobs/s below which a worker run is declared stalled
 _UNO_LEVELS = ("", ".critical", ".high", ".low", ".dead")
+#: Celery's worker pools: (pool, concurrency). Prefork gets one child per core.
+CELERY_POOLS: dict[str, tuple[str, int]] = {
+    "celery": ("solo", 1),
+    "celery_threads": ("threads", 8),
+    "celery_prefork": ("prefork", os.cpu_count() or 2),
+}
+
+
+def register_amqp(names: RunNames, system: str, queue: str) -> None:
+    """Remember the RabbitMQ queues and exchanges ``system`` makes for ``queue``."""
+    if system.startswith("uno"):
+        levels = [queue + suffix for suffix in _UNO_LEVELS]
+        names.amqp_queues += levels
+        names.amqp_exchanges += levels
+    elif system == "dramatiq":
+        names.amqp_queues += [queue, f"{queue}.DQ", f"{queue}.XQ"]
+    else:  # Celery and raw kombu: a queue and a direct exchange of its name
+        names.amqp_queues.append(queue)
+        names.amqp_exchanges.append(queue)
 
 
 @dataclass
@@ -47,11 +73,16 @@ class Context:
 
     Attributes:
         names: Unique names of the run and what to clean up.
-        jobs: Jobs per uno_jobs and kombu measurement.
-        peer_jobs: Jobs per Celery and Dramatiq measurement (may be capped lower).
+        jobs: Jobs per uno_jobs and kombu throughput measurement.
+        peer_jobs: Jobs per Celery and Dramatiq throughput measurement (may be capped).
         workdir: Temporary folder for logs and ``UNO_JOBS_HOME`` folders.
         round_no: The current round, from 1.
         log: Where progress lines go.
+        enqueue_jobs: Jobs per enqueue-rate measurement (each way of enqueueing).
+        latency_jobs: Latency jobs per measurement (sent 5 ms apart).
+        idle_seconds: How long a ready worker idles before its memory is read.
+        backlog: Jobs queued before the worker starts, for its memory under a backlog.
+        backlog_seconds: How long the memory of a worker with a backlog is sampled.
     """
 
     names: RunNames
@@ -60,6 +91,11 @@ class Context:
     workdir: Path
     round_no: int = 1
     log: Callable[[str], None] = print
+    enqueue_jobs: int = 5_000
+    latency_jobs: int = 500
+    idle_seconds: float = 3.0
+    backlog: int = 100_000
+    backlog_seconds: float = 10.0
 
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -97,16 +133,14 @@ def run_uno(ctx: Context, system: str, broker: str) -> list[Sample]:
     home.mkdir()
     env = ctx.env(UNO_JOBS_HOME=str(home))
     if broker == "amqp":
-        levels = [queue + suffix for suffix in _UNO_LEVELS]
-        ctx.names.amqp_queues += levels
-        ctx.names.amqp_exchanges += levels
+        register_amqp(ctx.names, system, queue)
     log = ctx.log_path(queue)
     base = ["--broker", url, "--queue", queue, "--jobs", str(ctx.jobs)]
     samples = []
     try:
         runner = _py("benchmarks.uno_runner")
         enq = _proc.run_json([*runner, "enqueue", *base, "--task", task], env, 600, log)
-        samples.append(Sample(system, broker, "enqueue", ctx.jobs, enq["seconds"], ctx.round_no))
+        samples.append(Sample(system, broker, "prefill", ctx.jobs, enq["seconds"], ctx.round_no))
         if enq["size"] != ctx.jobs:
             raise _proc.StepError(f"queue holds {enq['size']} jobs after enqueue, not {ctx.jobs}")
         timeout = ctx.worker_timeout(ctx.jobs)
@@ -115,7 +149,7 @@ def run_uno(ctx: Context, system: str, broker: str) -> list[Sample]:
         samples.append(Sample(system, broker, "throughput", ctx.jobs, res["seconds"], ctx.round_no))
         ctx.log(f"    {system}/{broker}: {_details(res)}")
     except _proc.StepError as exc:
-        metric = "throughput" if samples else "enqueue"
+        metric = "throughput" if samples else "prefill"
         samples.append(_failed(ctx, system, broker, metric, ctx.jobs, exc))
     finally:
         if broker != "embedded":
@@ -137,8 +171,7 @@ def run_kombu(ctx: Context, system: str, broker: str) -> list[Sample]:
     """Raw kombu: publish N (no confirms), consume+ack N, once per prefetch count."""
     queue = ctx.names.queue(system, broker, ctx.round_no)
     if broker == "amqp":
-        ctx.names.amqp_queues.append(queue)
-        ctx.names.amqp_exchanges.append(queue)
+        register_amqp(ctx.names, system, queue)
     cmd = [
         *_py("benchmarks.kombu_runner"),
         "--broker", ctx.names.url(broker), "--queue", queue, "--jobs", str(ctx.jobs),
@@ -156,13 +189,21 @@ def run_kombu(ctx: Context, system: str, broker: str) -> list[Sample]:
     return [Sample(system, broker, m, n, sec, ctx.round_no) for m, n, sec in rows]
 
 
-def _peer_commands(system: str, queue: str) -> tuple[list[str], list[str]]:
-    if system == "celery":
+def peer_commands(system: str, queue: str, broker: str) -> tuple[list[str], list[str]]:
+    """The producer command and the worker command of Celery (a pool) or Dramatiq.
+
+    Celery's solo pool on RabbitMQ gets ``--prefetch-multiplier 25``: at the default of 4
+    it stalls for 10-20 s at a time on this machine. Every other pool keeps the default.
+    """
+    if system in CELERY_POOLS:
+        pool, concurrency = CELERY_POOLS[system]
         worker = [
             *_py("celery", "-A", "benchmarks.celery_app", "worker"),
-            "-P", "solo", "-c", "1", "-Q", queue, "--without-heartbeat", "--without-gossip",
-            "--without-mingle", "-l", "warning",
+            "-P", pool, "-c", str(concurrency), "-Q", queue, "--without-heartbeat",
+            "--without-gossip", "--without-mingle", "-l", "warning",
         ]  # fmt: skip
+        if pool == "solo" and broker == "amqp":
+            worker += ["--prefetch-multiplier", "25"]
         return _py("benchmarks.celery_app"), worker
     worker = _py("dramatiq", "benchmarks.dramatiq_app", "-p", "1", "-t", "8", "-Q", queue)
     return _py("benchmarks.dramatiq_app"), worker
@@ -194,11 +235,7 @@ def run_peer(ctx: Context, system: str, broker: str) -> list[Sample]:
     queue = ctx.names.queue(system, broker, ctx.round_no)
     jobs = ctx.peer_jobs
     if broker == "amqp":
-        if system == "celery":
-            ctx.names.amqp_queues.append(queue)
-            ctx.names.amqp_exchanges.append(queue)
-        else:
-            ctx.names.amqp_queues += [queue, f"{queue}.DQ", f"{queue}.XQ"]
+        register_amqp(ctx.names, system, queue)
     key = ctx.names.done_key(queue)
     env = ctx.env(
         BENCH_BROKER_URL=ctx.names.url(broker), BENCH_QUEUE=queue,
@@ -206,11 +243,11 @@ def run_peer(ctx: Context, system: str, broker: str) -> list[Sample]:
         BENCH_REDIS_URL=ctx.names.redis_url,
     )  # fmt: skip
     log = ctx.log_path(queue)
-    producer, worker_cmd = _peer_commands(system, queue)
+    producer, worker_cmd = peer_commands(system, queue, broker)
     samples = []
     try:
         sent = _proc.run_json([*producer, str(jobs)], env, 600, log)
-        samples.append(Sample(system, broker, "enqueue", jobs, sent["seconds"], ctx.round_no))
+        samples.append(Sample(system, broker, "prefill", jobs, sent["seconds"], ctx.round_no))
         launched = time.time()
         proc = _proc.start(worker_cmd, env, log)
         try:
@@ -228,7 +265,7 @@ def run_peer(ctx: Context, system: str, broker: str) -> list[Sample]:
             f"from launch={done['last'] - launched:.3f}, stop={stop_seconds:.1f}"
         )
     except _proc.StepError as exc:
-        metric = "throughput" if samples else "enqueue"
+        metric = "throughput" if samples else "prefill"
         samples.append(_failed(ctx, system, broker, metric, jobs, exc))
     return samples
 
@@ -240,5 +277,7 @@ RUNNERS: dict[str, Callable[[Context, str, str], list[Sample]]] = {
     "uno_process": run_uno,
     "kombu": run_kombu,
     "celery": run_peer,
+    "celery_threads": run_peer,
+    "celery_prefork": run_peer,
     "dramatiq": run_peer,
 }

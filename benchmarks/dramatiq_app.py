@@ -11,7 +11,10 @@ Environment: ``BENCH_BROKER_URL``, ``BENCH_QUEUE``, ``BENCH_KEY_PREFIX`` (Redis)
 the completion counter's ``BENCH_JOBS``, ``BENCH_DONE_KEY``, ``BENCH_REDIS_URL``.
 
 ``python -m benchmarks.dramatiq_app N`` sends N no-op jobs and prints the elapsed seconds
-as JSON.
+as JSON; ``... rates N`` times N single sends (Dramatiq has no batch publish). ``... ping``
+and ``... latency N`` drive the latency actor (``benchmarks._latency``).
+``BENCH_CONFIRM=1`` makes the RabbitMQ broker ``confirm_delivery=True`` (each send waits
+for its confirm); on Redis every send already waits for the script's reply.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ import json
 import os
 import sys
 import time
+from typing import Any
 
 import dramatiq
 from dramatiq.broker import Broker
 
+from benchmarks import _latency
 from benchmarks._completion import from_environment
 
 BROKER_URL = os.environ.get("BENCH_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -40,12 +45,13 @@ def _broker() -> Broker:
 
     # pika reads the vhost "/" of kombu's "amqp://host//" as "", so spell it out.
     url = BROKER_URL[:-2] + "/%2F" if BROKER_URL.endswith("//") else BROKER_URL
-    return RabbitmqBroker(url=url)
+    return RabbitmqBroker(url=url, confirm_delivery=os.environ.get("BENCH_CONFIRM") == "1")
 
 
 broker = _broker()
 dramatiq.set_broker(broker)
 _completion = from_environment()
+_recorder = _latency.from_environment()
 
 
 @dramatiq.actor(actor_name="bench_noop", queue_name=QUEUE, max_retries=0)
@@ -56,6 +62,18 @@ def noop() -> None:
         _completion.job_finished()
 
 
+@dramatiq.actor(actor_name="bench_latency", queue_name=QUEUE, max_retries=0)
+def latency(sent_ns: int) -> None:
+    """Record the enqueue-to-start latency of this job."""
+    if _recorder is not None:
+        _recorder.record(sent_ns)
+
+
+def send_latency(sent_ns: int) -> None:
+    """Send one latency job."""
+    latency.send(sent_ns)
+
+
 def send(jobs: int) -> float:
     """Send ``jobs`` no-op jobs; returns the elapsed seconds."""
     t0 = time.perf_counter()
@@ -64,8 +82,20 @@ def send(jobs: int) -> float:
     return time.perf_counter() - t0
 
 
+def _main(argv: list[str]) -> dict[str, Any]:
+    if argv[0] == "rates":
+        noop.send()  # connect and declare outside the timings
+        return {"single": send(int(argv[1]))}
+    if argv[0] == "ping":
+        return {"ready_seconds": _latency.wait_ready(send_latency)}
+    if argv[0] == "latency":
+        send_latency(0)  # connect outside the timings
+        return _latency.paced_send(send_latency, int(argv[1]), 0.005)
+    count = int(argv[0])
+    return {"seconds": send(count), "jobs": count}
+
+
 if __name__ == "__main__":
-    count = int(sys.argv[1])
-    seconds = send(count)
+    result = _main(sys.argv[1:])
     broker.close()
-    print(json.dumps({"seconds": seconds, "jobs": count}), flush=True)
+    print(json.dumps(result), flush=True)
