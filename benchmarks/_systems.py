@@ -46,11 +46,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 KOMBU_PREFETCHES = (100, 150)
 _MIN_RATE = 50.0  # jobs/s below which a worker run is declared stalled
 _UNO_LEVELS = ("", ".critical", ".high", ".low", ".dead")
-#: Celery's worker pools: (pool, concurrency). Prefork gets one child per core.
+#: Celery's worker pools: (pool, concurrency). The targets compare one worker process of
+#: each system, so prefork runs one child (its parent consumes, the child executes).
 CELERY_POOLS: dict[str, tuple[str, int]] = {
     "celery": ("solo", 1),
     "celery_threads": ("threads", 8),
-    "celery_prefork": ("prefork", os.cpu_count() or 2),
+    "celery_prefork": ("prefork", 1),
 }
 
 
