@@ -86,7 +86,9 @@ def _start_exporter(item: Any, queue: Queue) -> Any:
 
 
 class _QueueOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        defer_build=True, extra="forbid", frozen=True, arbitrary_types_allowed=True
+    )
 
     name: str = Field("default", min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")
     broker_url: str | None = None

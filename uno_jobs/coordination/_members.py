@@ -44,7 +44,7 @@ class Recovery(Protocol):
 class CoordinatorOptions(BaseModel):
     """How often a coordinator beats, and how long silence lasts before death is declared."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
     cluster_id: str = Field("default", min_length=1, max_length=200, pattern=r"^[^\s*:]+$")
     heartbeat_interval: float = Field(5.0, gt=0, le=3600)

@@ -54,7 +54,7 @@ _pools = itertools.count(1)
 class WorkerPoolOptions(BaseModel):
     """The pool's own options (the members' are ``worker_options``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
     min_workers: int = Field(1, ge=1, le=1000)
     max_workers: int = Field(4, ge=1, le=1000)

@@ -34,7 +34,7 @@ class ExporterSettings(BaseModel):
         port: The TCP port; 0 lets the system choose one (see ``PrometheusExporter.port``).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
     host: str = Field(DEFAULT_HOST, min_length=1)
     port: int = Field(DEFAULT_PORT, ge=0, le=65535)
