@@ -133,6 +133,9 @@ class BaseWorker:
         self._mover: DueJobMover | None = None
         self._dead: DeadLetterer | None = None
         self._cancels = CancelWatch()
+        # Whether an OpenTelemetry SDK is installed, looked up once per batch of
+        # deliveries (``_drain_inbox``): without one, the API's lookup reads os.environ.
+        self._traced = False
         self._observer = Observer(self)
         self._events = self._observer.events
         self._system = "?"  # messaging.system of the broker, once connected
@@ -418,6 +421,7 @@ class BaseWorker:
 
     def _drain_inbox(self) -> None:
         self._inbox_scheduled = False
+        self._traced = tracing_enabled()
         inbox = self._inbox
         # Deliveries can arrive while start() finishes: keep them, they start once running.
         accepting = self.state in (WorkerState.RUNNING, WorkerState.STARTING)
@@ -560,7 +564,7 @@ class BaseWorker:
         }
         try:
             with job_context(fields):
-                if not tracing_enabled():
+                if not self._traced:
                     outcome, _ = await self._attempt(run, message, task, started)
                     return
                 with consumer_span(
