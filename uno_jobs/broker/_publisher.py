@@ -4,7 +4,9 @@ On RabbitMQ a publish returns only after the broker confirmed it. kombu's
 ``confirm_publish`` waits for each message in turn; a batch here is published first and
 its confirms are then awaited together (the channel's own ``confirm_select`` and
 ``basic_ack`` events, ``multiple`` acks included), under one deadline. On Redis the
-LPUSH reply is the confirmation, on the embedded broker the SQLite commit.
+LPUSH reply is the confirmation, on the embedded broker the SQLite commit; there the
+channel sends a whole batch at once, in one pipeline (``_redis_publish.py``) or one
+``executemany`` transaction.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +37,8 @@ __all__ = ["Outgoing", "PublishSession", "Publisher"]
 log = logging.getLogger("uno_jobs.broker")
 
 _CLOSE_TIMEOUT_SECONDS = 1.0
+# Brokers whose channel publishes a batch at once (``publish_batch()``): uno_jobs' own.
+_BATCHED = ("redis", "embedded")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,19 +137,25 @@ class PublishSession:
             wire = [(item.routing_key, item.wire_encoded()) for item in items]
             if self._sqs_sizes is not None:
                 self._sqs_sizes.check(self._channel, wire)
-            for routing_key, enc in wire:
-                producer.publish(
-                    enc.body,
-                    exchange=routing_key,
-                    routing_key=routing_key,
-                    headers=enc.headers,
-                    content_type=enc.content_type,
-                    content_encoding=enc.content_encoding,
-                    delivery_mode=2,
-                    **enc.properties,
-                )
-                if self._confirms is not None:
-                    self._confirms.next_tag()
+            # Redis and embedded: the channel sends the batch at the end of the block, in
+            # one pipeline or one transaction, and raises if any of it was refused.
+            batch: AbstractContextManager[Any] = (
+                self._channel.publish_batch() if self.spec.kind in _BATCHED else nullcontext()
+            )
+            with batch:
+                for routing_key, enc in wire:
+                    producer.publish(
+                        enc.body,
+                        exchange=routing_key,
+                        routing_key=routing_key,
+                        headers=enc.headers,
+                        content_type=enc.content_type,
+                        content_encoding=enc.content_encoding,
+                        delivery_mode=2,
+                        **enc.properties,
+                    )
+                    if self._confirms is not None:
+                        self._confirms.next_tag()
             self._wait_for_confirms()
         except BrokerUnavailableError:
             self.close()
