@@ -4,7 +4,7 @@ bulk/single ratio. A quick before/after check of the publish path, not the full 
 (``benchmarks/run.py``).
 
 ``python benchmarks/enqueue_speed.py [--single 1000] [--bulk 3000] [--runs 3]
-[--redis redis://127.0.0.1:6379/4]``
+[--redis redis://127.0.0.1:6379/4] [--brokers redis,embedded]``
 
 Every Redis key is under a random ``bench-enq-<suffix>:`` prefix (job records too: the store
 defaults to the broker's Redis) and deleted at the end; the embedded broker and its SQLite
@@ -65,15 +65,14 @@ def main() -> None:
     parser.add_argument("--bulk", type=int, default=3_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/4")
+    parser.add_argument("--brokers", default="redis,embedded", help="comma-separated")
     args = parser.parse_args()
     prefix = f"bench-enq-{uuid.uuid4().hex[:8]}:"
     home = tempfile.mkdtemp(prefix="uno-enq-")
     os.environ["UNO_JOBS_HOME"] = home
     os.environ.pop("UNO_JOBS_STORE_URL", None)
-    brokers: dict[str, str] = {
-        "redis": f"{args.redis}?key_prefix={prefix}",
-        "embedded": "embedded://",
-    }
+    urls = {"redis": f"{args.redis}?key_prefix={prefix}", "embedded": "embedded://"}
+    brokers = {name: urls[name] for name in args.brokers.split(",")}
     import uno_jobs
 
     print(f"uno_jobs from {uno_jobs.__file__}")

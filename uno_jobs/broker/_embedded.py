@@ -27,6 +27,11 @@ Transport options (all but ``path`` optional):
 - ``fetch_limit`` (default 10): the most rows claimed in one statement when the channel has
   no prefetch limit; with a prefetch count, a poll claims up to the free part of it.
 
+Publishing inside ``Channel.publish_batch()`` inserts the batch's rows with one
+``executemany`` in one transaction when the block ends (its commit is the confirmation;
+consumers poll, so they see the rows at their next poll, as any insert); a lone publish is
+one autocommitted ``INSERT``.
+
 A consumer of several queues polls them in the order it started consuming them and takes
 from the first that has messages, like the Redis transport with
 ``queue_order_strategy="priority"``: uno_jobs consumes its priority levels critical first.
