@@ -131,16 +131,18 @@ def test_a_redis_batch_lands_as_kombus_own_publish_writes_it_in_order(
     ]
 
 
+def _declared_then_broken(queue: Queue, home: RedisHome) -> None:
+    """Publish to both levels (declared, bindings cached), then make q.low not a list."""
+    queue.enqueue_many_sync([JobSpec("contract.noop"), JobSpec("contract.noop", priority="low")])
+    home.raw.set(home.prefix + "q.low", "not a list")
+
+
 def test_a_refused_push_mid_batch_fails_the_batch_and_removes_its_job_records(
     redis_home: RedisHome,
 ) -> None:
     queue = Queue("q", broker_url=redis_home.url, store_url=redis_home.store_url)
     try:
-        # Declares both levels and caches their bindings; then q.low stops being a list.
-        queue.enqueue_many_sync(
-            [JobSpec("contract.noop"), JobSpec("contract.noop", priority="low")]
-        )
-        redis_home.raw.set(redis_home.prefix + "q.low", "not a list")
+        _declared_then_broken(queue, redis_home)
         ids = [f"batch-{n}" for n in range(3)]
         specs = [
             JobSpec("contract.noop", [1], job_id=ids[0]),
@@ -155,6 +157,18 @@ def test_a_refused_push_mid_batch_fails_the_batch_and_removes_its_job_records(
         redis_home.raw.delete(redis_home.prefix + "q.low")
         queue.enqueue_many_sync([JobSpec("contract.noop", [4], priority="low")])
         assert [e["headers"]["argsrepr"] for e in redis_home.items("q.low")] == ["[4]"]
+    finally:
+        queue.close()
+
+
+def test_a_refused_lone_push_removes_its_job_record(redis_home: RedisHome) -> None:
+    queue = Queue("q", broker_url=redis_home.url, store_url=redis_home.store_url)
+    try:
+        _declared_then_broken(queue, redis_home)
+        # A lone message goes out without a pipeline; its refusal is handled the same way.
+        with pytest.raises(BrokerUnavailableError, match=r"refused a publish.*WRONGTYPE"):
+            queue.enqueue_sync("contract.noop", priority="low", job_id="lone")
+        assert queue.store.get("lone") is None
     finally:
         queue.close()
 

@@ -19,15 +19,16 @@ delivery tag, its routing through the exchange type, and ``_put``'s priority sub
 - **``publish_batch()``**: the ``basic_publish`` calls made inside the block are routed
   as kombu routes them, but their commands are collected (through ``_put``'s
   ``_publish_batch`` argument, kombu ≥ 5.7) and sent at the end of the block in one
-  pipeline without ``MULTI``. Each ``LPUSH`` reply is that message's confirmation: every
-  reply is checked and any error reply raises. The other pushes of the batch may have
-  landed then, as the earlier ones of a message-by-message publish would have: the
-  caller treats the whole batch as failed (``Queue`` deletes its job records; a message
-  that landed still runs, as a Celery producer's message without a record does). An
-  error inside the block sends nothing. With a kombu before 5.7 (its ``_put`` pushes at once and
-  ignores the argument), or with redis-py retries configured (a replayed pipeline could
-  push a batch twice: kombu's ``supports_batch_publish``), each message goes out on its
-  own as before.
+  pipeline without ``MULTI`` (a lone command as itself: a pipeline only adds to its cost),
+  on one client kept by the channel (kombu makes a client per command). Each ``LPUSH``
+  reply is that message's confirmation: every reply is checked and any error raises. The
+  other pushes of the batch may have landed then, as the earlier ones of a
+  message-by-message publish would have: the caller treats the whole batch as failed
+  (``Queue`` deletes its job records; a message that landed still runs, as a Celery
+  producer's message without a record does). An error inside the block sends nothing.
+  With a kombu before 5.7, or with redis-py retries configured (a replayed pipeline
+  could push a batch twice: kombu's ``supports_batch_publish``), each message goes out
+  on its own, as kombu sends it.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ class PublishChannel(kombu_redis.Channel):
         """
         if self._batch is not None:
             raise RuntimeError("a Redis publish batch is open on this channel already")
-        if not self.supports_batch_publish:
+        if not getattr(self, "supports_batch_publish", False):  # kombu < 5.7: no batches
             yield
             return
         batch = self._batch = _Commands()
@@ -143,6 +144,13 @@ class PublishChannel(kombu_redis.Channel):
             # table of reply callbacks) costs more than the round trip. Its class adds the
             # global key prefix, as for kombu's own pushes; the pool is the channel's.
             self._publish_client = self._create_client()
+        if len(commands) == 1:  # a lone message: a pipeline would only add to its cost
+            name, args = commands[0]
+            try:
+                getattr(self._publish_client, name)(*args)
+            except redis.ResponseError as exc:
+                raise PublishFailedError(f"Redis refused a publish: {exc}") from exc
+            return
         with self._publish_client.pipeline(transaction=False) as pipe:
             for name, args in commands:
                 getattr(pipe, name)(*args)
