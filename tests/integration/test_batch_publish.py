@@ -83,6 +83,7 @@ BATCH = [
     ("q", None),
     ("q", 9),
     ("q.critical", 1),
+    *[("q", None)] * 5,  # adjacent pushes to one list: one LPUSH of five values
 ]
 
 
@@ -126,6 +127,9 @@ def test_a_redis_batch_lands_as_kombus_own_publish_writes_it_in_order(
         kombus = redis_home.items(f"kombu:{key}")
         assert [_without_tag(e) for e in ours] == [_without_tag(e) for e in kombus], key
         assert len({e["properties"]["delivery_tag"] for e in ours}) == len(ours)
+    assert [e["headers"]["argsrepr"] for e in redis_home.items("q")] == [
+        f"[{n}]" for n in (0, 5, 8, 9, 10, 11, 12)
+    ]
     assert [e["headers"]["id"] for e in redis_home.items("q\x06\x169")] == [
         enc.headers["id"] for _, enc in (encoded[2], encoded[6])
     ]

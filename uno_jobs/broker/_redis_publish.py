@@ -20,12 +20,14 @@ delivery tag, its routing through the exchange type, and ``_put``'s priority sub
   as kombu routes them, but their commands are collected (through ``_put``'s
   ``_publish_batch`` argument, kombu ≥ 5.7) and sent at the end of the block in one
   pipeline without ``MULTI`` (a lone command as itself: a pipeline only adds to its cost),
-  on one client kept by the channel (kombu makes a client per command). Each ``LPUSH``
-  reply is that message's confirmation: every reply is checked and any error raises. The
-  other pushes of the batch may have landed then, as the earlier ones of a
-  message-by-message publish would have: the caller treats the whole batch as failed
-  (``Queue`` deletes its job records; a message that landed still runs, as a Celery
-  producer's message without a record does). An error inside the block sends nothing.
+  on one client kept by the channel (kombu makes a client per command); adjacent pushes
+  to one list go as one ``LPUSH`` of several values, which leaves the list as the
+  separate pushes would. Each ``LPUSH`` reply confirms its messages: every reply is
+  checked and any error raises. The other pushes of the batch may have landed then, as
+  the earlier ones of a message-by-message publish would have: the caller treats the
+  whole batch as failed (``Queue`` deletes its job records; a message that landed still
+  runs, as a Celery producer's message without a record does). An error inside the
+  block sends nothing.
   With a kombu before 5.7, or with redis-py retries configured (a replayed pipeline
   could push a batch twice: kombu's ``supports_batch_publish``), each message goes out
   on its own, as kombu sends it.
@@ -45,6 +47,8 @@ __all__ = ["BINDING_CACHE_SECONDS", "PublishChannel", "PublishFailedError"]
 
 #: How long a binding table read from Redis routes messages before it is read again.
 BINDING_CACHE_SECONDS = 1.0
+# The most messages one merged LPUSH carries.
+_MAX_PUSH_VALUES = 1000
 
 
 class PublishFailedError(redis.ResponseError):
@@ -63,6 +67,22 @@ class _Commands:
 
     def add(self, name: str, *args: Any) -> None:
         self.commands.append((name, args))
+
+
+def _merge_pushes(
+    commands: list[tuple[str, tuple[Any, ...]]],
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """Adjacent ``LPUSH``es to one list as one ``LPUSH`` of their values (at most
+    ``_MAX_PUSH_VALUES``): Redis pushes the values one after the other, so the list ends
+    the same, and one command packs and parses several times faster than many."""
+    merged: list[tuple[str, list[Any]]] = []
+    for name, args in commands:
+        last = merged[-1][1] if merged and merged[-1][0] == "lpush" == name else None
+        if last is not None and last[0] == args[0] and len(last) <= _MAX_PUSH_VALUES:
+            last.extend(args[1:])
+        else:
+            merged.append((name, list(args)))
+    return [(name, tuple(args)) for name, args in merged]
 
 
 class PublishChannel(kombu_redis.Channel):
@@ -139,6 +159,7 @@ class PublishChannel(kombu_redis.Channel):
             self._send_batch(batch.commands)
 
     def _send_batch(self, commands: list[tuple[str, tuple[Any, ...]]]) -> None:
+        commands = _merge_pushes(commands)
         if self._publish_client is None:
             # kombu's conn_or_acquire makes a client per command, whose construction (its
             # table of reply callbacks) costs more than the round trip. Its class adds the
