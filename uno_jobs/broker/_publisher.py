@@ -37,8 +37,6 @@ __all__ = ["Outgoing", "PublishSession", "Publisher"]
 log = logging.getLogger("uno_jobs.broker")
 
 _CLOSE_TIMEOUT_SECONDS = 1.0
-# Brokers whose channel publishes a batch at once (``publish_batch()``): uno_jobs' own.
-_BATCHED = ("redis", "embedded")
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +135,8 @@ class PublishSession:
             wire = [(item.routing_key, item.wire_encoded()) for item in items]
             if self._sqs_sizes is not None:
                 self._sqs_sizes.check(self._channel, wire)
-            # Redis and embedded: the channel sends the batch at the end of the block, in
-            # one pipeline or one transaction, and raises if any of it was refused.
             batch: AbstractContextManager[Any] = (
-                self._channel.publish_batch() if self.spec.kind in _BATCHED else nullcontext()
+                self._channel.publish_batch() if self._batched(len(wire)) else nullcontext()
             )
             with batch:
                 for routing_key, enc in wire:
@@ -167,6 +163,15 @@ class PublishSession:
             if _is_connection_problem(self._conn, exc):
                 raise BrokerUnavailableError(self.spec.display, _describe(exc)) from None
             raise
+
+    def _batched(self, count: int) -> bool:
+        """Whether to publish ``count`` messages in the channel's ``publish_batch()``: it
+        sends them at the end of the block, in one pipeline (Redis) or one transaction
+        (embedded), and raises if any of them was refused. A lone message on Redis goes
+        that way too (on the channel's kept client: kombu makes one per command); on the
+        embedded broker it is one autocommitted INSERT either way."""
+        kind = self.spec.kind
+        return kind == "redis" or (kind == "embedded" and count > 1)
 
     def _check_delays(self, items: Sequence[Outgoing]) -> None:
         """A broker-held delay on a broker that cannot hold one is a bug of the caller:
