@@ -27,6 +27,11 @@ Transport options (all but ``path`` optional):
 - ``fetch_limit`` (default 10): the most rows claimed in one statement when the channel has
   no prefetch limit; with a prefetch count, a poll claims up to the free part of it.
 
+Publishing inside ``Channel.publish_batch()`` inserts the batch's rows with one
+``executemany`` in one transaction when the block ends (its commit is the confirmation;
+consumers poll, so they see the rows at their next poll, as any insert); a lone publish is
+one autocommitted ``INSERT``.
+
 A consumer of several queues polls them in the order it started consuming them and takes
 from the first that has messages, like the Redis transport with
 ``queue_order_strategy="priority"``: uno_jobs consumes its priority levels critical first.
@@ -53,7 +58,8 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from queue import Empty
 from typing import Any
@@ -255,6 +261,7 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
             self._table.close()
             raise
         self._owner = f"{os.getpid()}.{secrets.token_hex(6)}"
+        self._batch: list[tuple[str, str]] | None = None  # (queue, payload) in publish_batch
         self._held: dict[int, None] = {}  # claimed, not yet acked or handed back (ordered)
         self._no_ack_queues: set[str] = set()
         self._extend_every = options.visibility_timeout / 3
@@ -476,7 +483,31 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
         return payloads[0]
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
-        self._table.put(queue, _dumps(message))
+        if self._batch is not None:
+            self._batch.append((queue, _dumps(message)))
+        else:
+            self._table.put(queue, _dumps(message))
+
+    @contextmanager
+    def publish_batch(self) -> Iterator[None]:
+        """Collect the messages published in the block and insert them at its end in one
+        transaction: its commit is their confirmation. An error in the block inserts none.
+
+        Raises:
+            sqlite3.OperationalError: the insert failed (nothing of the batch was stored).
+        """
+        if self._batch is not None:
+            raise RuntimeError("an embedded publish batch is open on this channel already")
+        batch: list[tuple[str, str]] = []
+        self._batch = batch
+        try:
+            yield
+        finally:
+            self._batch = None
+        if len(batch) == 1:
+            self._table.put(*batch[0])  # one autocommitted statement, no BEGIN/COMMIT
+        elif batch:
+            self._table.put_many(batch)
 
     def _size(self, queue: str) -> int:
         """Messages of ``queue`` available now (claimed ones: ``leased_count``)."""

@@ -17,7 +17,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ _TAKE = f"""
     DELETE FROM broker_messages WHERE id IN ({_READY_IDS})
     RETURNING id, payload, deliveries + 1
 """
+_INSERT = "INSERT INTO broker_messages (queue, payload, enqueued_at) VALUES (?, ?, ?)"
 _AVAILABLE = "queue = ? AND (lease_until IS NULL OR lease_until < ?)"
 _OWNED_IDS = "lease_owner = ? AND id IN (SELECT value FROM json_each(?))"
 
@@ -128,10 +129,21 @@ class MessageTable:
             return self._db.execute(sql, params).fetchall()
 
     def put(self, queue: str, payload: str) -> None:
-        self._run(
-            "INSERT INTO broker_messages (queue, payload, enqueued_at) VALUES (?, ?, ?)",
-            (queue, payload, time.time()),
-        )
+        self._run(_INSERT, (queue, payload, time.time()))
+
+    def put_many(self, rows: Sequence[tuple[str, str]]) -> None:
+        """Insert ``(queue, payload)`` rows in one transaction: all of them or none (the
+        commit is the confirmation), in their order (ids ascend, so consumers take them
+        in it)."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(_INSERT, [(queue, payload, now) for queue, payload in rows])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def claim(self, queue: str, owner: str, lease_seconds: float, limit: int) -> list[_Row]:
         # Leases use the wall clock: every process on the machine shares it and it goes on

@@ -45,6 +45,8 @@ How a message flows:
    raised) go back to the front of their lists as they were, unless a sweep or an ack
    settled them first.
 
+Publishing is kombu's, batched and with cached binding tables: ``_redis_publish.py``.
+
 ``basic_get`` takes its message with the same script. An item that is not a kombu envelope
 (not JSON, no ``properties.delivery_tag``, a body kombu cannot read) is removed and reported
 to ``Channel.on_invalid_envelope(queue, raw, problem)``, which logs it unless the consumer
@@ -84,6 +86,7 @@ from kombu.transport import virtual
 from kombu.utils import json as kombu_json
 from redis.exceptions import NoScriptError
 
+from uno_jobs.broker._redis_publish import PublishChannel
 from uno_jobs.broker._redis_scripts import FETCH_SCRIPT, HAND_BACK_SCRIPT, RESTORE_OWNER_SCRIPT
 
 __all__ = ["FETCH_LIMIT", "IDLE_CHECK_SECONDS", "OWNER_TTL_FACTOR", "Channel", "QoS", "Transport"]
@@ -206,8 +209,9 @@ class QoS(kombu_redis.QoS):
         super().restore_visible(start, num, interval)
 
 
-class Channel(kombu_redis.Channel):
-    """kombu's Redis channel, taking messages with the fetch script (module docstring)."""
+class Channel(PublishChannel):
+    """kombu's Redis channel, taking messages with the fetch script (module docstring),
+    publishing batches in one pipeline (``PublishChannel``, ``_redis_publish.py``)."""
 
     QoS = QoS
     Message = Message

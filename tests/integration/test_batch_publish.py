@@ -1,0 +1,284 @@
+"""Batch publishing on uno_jobs' own channels: Redis (one pipeline, cached binding tables,
+``uno_jobs/broker/_redis_publish.py``) and the embedded broker (one ``executemany``
+transaction). What lands must be what kombu's own per-message publish writes, in order; a
+refused push fails the whole batch and the queue takes its job records back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import redis
+from conftest import REDIS_DB, REDIS_HOST, make_broker_url
+from kombu import Connection
+from kombu.messaging import Producer
+
+from uno_jobs import JobSpec, Queue
+from uno_jobs.broker import Outgoing, _redis_publish, parse_broker_url
+from uno_jobs.broker._publisher import PublishSession
+from uno_jobs.broker._topology import kombu_queue
+from uno_jobs.errors import BrokerUnavailableError
+from uno_jobs.message import Encoded, encode, new_message
+
+pytestmark = pytest.mark.integration
+
+HOST, PORT = REDIS_HOST.split(":")
+
+
+class RedisHome:
+    """A broker URL with its own key prefix, a store URL under it, and a plain client."""
+
+    def __init__(self) -> None:
+        self.url, self._cleanup = make_broker_url("redis")
+        self.prefix = parse_qs(urlsplit(self.url).query)["key_prefix"][0]
+        self.store_url = f"redis://{REDIS_HOST}/{REDIS_DB}?key_prefix={self.prefix}store:"
+        self.raw = redis.Redis(host=HOST, port=int(PORT), db=REDIS_DB)
+
+    def items(self, key: str) -> list[dict[str, Any]]:
+        """The envelopes of list ``key`` in the order a consumer takes them (RPOP end
+        first)."""
+        raw = self.raw.lrange(self.prefix + key, 0, -1)
+        return [json.loads(item) for item in reversed(raw)]
+
+    def close(self) -> None:
+        self._cleanup()
+        self.raw.close()
+
+
+@pytest.fixture
+def redis_home() -> Iterator[RedisHome]:
+    home = RedisHome()
+    try:
+        yield home
+    finally:
+        home.close()
+
+
+def _encoded(n: int, kombu_priority: int | None = None) -> Encoded:
+    enc = encode(new_message("contract.noop", [n], {}, queue="q"))
+    if kombu_priority is None:
+        return enc
+    return dataclasses.replace(enc, properties={**enc.properties, "priority": kombu_priority})
+
+
+def _without_tag(envelope: dict[str, Any]) -> dict[str, Any]:
+    """An envelope without what differs per publish (kombu's random delivery tag)."""
+    properties = {k: v for k, v in envelope["properties"].items() if k != "delivery_tag"}
+    return {**envelope, "properties": properties}
+
+
+# A batch across uno_jobs' level queues and kombu's priority sub-lists (0, 3, 6, 9 steps).
+BATCH = [
+    ("q", None),
+    ("q.critical", None),
+    ("q", 9),
+    ("q.low", None),
+    ("q", 4),
+    ("q", None),
+    ("q", 9),
+    ("q.critical", 1),
+    *[("q", None)] * 5,  # adjacent pushes to one list: one LPUSH of five values
+]
+
+
+def test_a_redis_batch_lands_as_kombus_own_publish_writes_it_in_order(
+    redis_home: RedisHome,
+) -> None:
+    encoded = [(name, _encoded(n, pri)) for n, (name, pri) in enumerate(BATCH)]
+    session = PublishSession(parse_broker_url(redis_home.url))
+    try:
+        session.publish([Outgoing(name, enc) for name, enc in encoded])
+    finally:
+        session.close()
+    # The same messages through kombu's stock Redis transport, one by one, under another
+    # prefix: every list must hold the same envelopes in the same order.
+    theirs = f"{redis_home.prefix}kombu:"
+    with Connection(
+        f"redis://{REDIS_HOST}/{REDIS_DB}", transport_options={"global_keyprefix": theirs}
+    ) as conn:
+        channel = conn.channel()
+        producer = Producer(channel)
+        for name, enc in encoded:
+            kombu_queue(name)(channel).declare()
+            producer.publish(
+                enc.body,
+                exchange=name,
+                routing_key=name,
+                headers=enc.headers,
+                content_type=enc.content_type,
+                content_encoding=enc.content_encoding,
+                delivery_mode=2,
+                **enc.properties,
+            )
+    keys = {
+        key.decode().removeprefix(theirs)
+        for key in redis_home.raw.scan_iter(match=f"{theirs}*")
+        if redis_home.raw.type(key) == b"list"
+    }
+    assert keys == {"q", "q\x06\x163", "q\x06\x169", "q.critical", "q.low"}
+    for key in keys:
+        ours = redis_home.items(key)
+        kombus = redis_home.items(f"kombu:{key}")
+        assert [_without_tag(e) for e in ours] == [_without_tag(e) for e in kombus], key
+        assert len({e["properties"]["delivery_tag"] for e in ours}) == len(ours)
+    assert [e["headers"]["argsrepr"] for e in redis_home.items("q")] == [
+        f"[{n}]" for n in (0, 5, 8, 9, 10, 11, 12)
+    ]
+    assert [e["headers"]["id"] for e in redis_home.items("q\x06\x169")] == [
+        enc.headers["id"] for _, enc in (encoded[2], encoded[6])
+    ]
+
+
+def _declared_then_broken(queue: Queue, home: RedisHome) -> None:
+    """Publish to both levels (declared, bindings cached), then make q.low not a list."""
+    queue.enqueue_many_sync([JobSpec("contract.noop"), JobSpec("contract.noop", priority="low")])
+    home.raw.set(home.prefix + "q.low", "not a list")
+
+
+def test_a_refused_push_mid_batch_fails_the_batch_and_removes_its_job_records(
+    redis_home: RedisHome,
+) -> None:
+    queue = Queue("q", broker_url=redis_home.url, store_url=redis_home.store_url)
+    try:
+        _declared_then_broken(queue, redis_home)
+        ids = [f"batch-{n}" for n in range(3)]
+        specs = [
+            JobSpec("contract.noop", [1], job_id=ids[0]),
+            JobSpec("contract.noop", [2], priority="low", job_id=ids[1]),
+            JobSpec("contract.noop", [3], job_id=ids[2]),
+        ]
+        with pytest.raises(BrokerUnavailableError, match="refused 1 of the 3") as caught:
+            queue.enqueue_many_sync(specs)
+        assert "WRONGTYPE" in str(caught.value)
+        assert [queue.store.get(job_id) for job_id in ids] == [None, None, None]
+        # The next batch goes out on a fresh session.
+        redis_home.raw.delete(redis_home.prefix + "q.low")
+        queue.enqueue_many_sync([JobSpec("contract.noop", [4], priority="low")])
+        assert [e["headers"]["argsrepr"] for e in redis_home.items("q.low")] == ["[4]"]
+    finally:
+        queue.close()
+
+
+def test_a_refused_lone_push_removes_its_job_record(redis_home: RedisHome) -> None:
+    queue = Queue("q", broker_url=redis_home.url, store_url=redis_home.store_url)
+    try:
+        _declared_then_broken(queue, redis_home)
+        # A lone message goes out without a pipeline; its refusal is handled the same way.
+        with pytest.raises(BrokerUnavailableError, match=r"refused a publish.*WRONGTYPE"):
+            queue.enqueue_sync("contract.noop", priority="low", job_id="lone")
+        assert queue.store.get("lone") is None
+    finally:
+        queue.close()
+
+
+def test_an_error_inside_a_redis_batch_sends_nothing(redis_home: RedisHome) -> None:
+    session = PublishSession(parse_broker_url(redis_home.url))
+    try:
+        session.declare("q")
+        producer = session._ensure()
+        channel = session._channel
+        with pytest.raises(RuntimeError, match="stop"), channel.publish_batch():
+            producer.publish(b"{}", exchange="q", routing_key="q", content_type="x/y")
+            raise RuntimeError("stop")
+        assert redis_home.raw.llen(redis_home.prefix + "q") == 0
+        with channel.publish_batch():
+            producer.publish(b"{}", exchange="q", routing_key="q", content_type="x/y")
+        assert redis_home.raw.llen(redis_home.prefix + "q") == 1
+    finally:
+        session.close()
+
+
+def test_binding_tables_are_read_once_and_forgotten_when_this_channel_binds(
+    redis_home: RedisHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[str] = []
+    kombus = _redis_publish.kombu_redis.Channel.get_table
+
+    def counting(channel: Any, exchange: str) -> Any:
+        reads.append(exchange)
+        return kombus(channel, exchange)
+
+    monkeypatch.setattr(_redis_publish.kombu_redis.Channel, "get_table", counting)
+    session = PublishSession(parse_broker_url(redis_home.url))
+    try:
+        session.publish([Outgoing("q", _encoded(n)) for n in range(50)])
+        assert reads == ["q"]
+        session.publish([Outgoing("q", _encoded(50))])
+        assert reads == ["q"]
+        # Another queue bound to exchange q through this channel gets the next message.
+        channel = session._channel
+        channel.queue_declare("q-copy")
+        channel.queue_bind("q-copy", exchange="q", routing_key="q")
+        session.publish([Outgoing("q", _encoded(51))])
+        assert reads == ["q", "q"]
+        assert redis_home.raw.llen(redis_home.prefix + "q") == 52
+        assert redis_home.raw.llen(redis_home.prefix + "q-copy") == 1
+        # Once its entry is older than the cache's life, the table is read again.
+        monkeypatch.setattr(_redis_publish, "BINDING_CACHE_SECONDS", 0.0)
+        channel.forget_bindings()
+        session.publish([Outgoing("q", _encoded(52))])
+        session.publish([Outgoing("q", _encoded(53))])
+        assert reads == ["q", "q", "q", "q"]
+    finally:
+        session.close()
+
+
+def test_a_deleted_binding_is_forgotten_by_the_channel_that_deleted_it(
+    redis_home: RedisHome,
+) -> None:
+    session = PublishSession(parse_broker_url(redis_home.url))
+    try:
+        session.declare("q")
+        channel = session._channel
+        assert channel.get_table("q") == [("q", "", "q")]
+        channel.queue_delete("q")
+        assert channel.get_table("q") == []
+    finally:
+        session.close()
+
+
+# -- embedded ------------------------------------------------------------------------------
+
+
+def test_an_embedded_batch_is_one_transaction_in_publish_order(uno_home: Path) -> None:
+    queue = Queue("q", broker_url="embedded://")
+    try:
+        levels = ["normal", "critical", "normal", "low", "normal"]
+        specs = [JobSpec("contract.noop", [n], priority=lv) for n, lv in enumerate(levels)]
+        queue.enqueue_many_sync(specs)
+        spec = parse_broker_url("embedded://")
+        with spec.connection() as conn:
+            channel = conn.channel()
+            got: dict[str, list[Any]] = {}
+            for name in ("q", "q.critical", "q.low"):
+                kombu_queue(name)(channel).declare()
+                while (message := channel.basic_get(name, no_ack=True)) is not None:
+                    got.setdefault(name, []).append(message.headers["argsrepr"])
+        assert got == {"q": ["[0]", "[2]", "[4]"], "q.critical": ["[1]"], "q.low": ["[3]"]}
+    finally:
+        queue.close()
+
+
+def test_an_error_inside_an_embedded_batch_inserts_nothing(uno_home: Path) -> None:
+    session = PublishSession(parse_broker_url("embedded://"))
+    try:
+        session.declare("q")
+        producer = session._ensure()
+        channel = session._channel
+        with pytest.raises(RuntimeError, match="stop"), channel.publish_batch():
+            producer.publish(b"{}", exchange="q", routing_key="q", content_type="x/y")
+            producer.publish(b"{}", exchange="q", routing_key="q", content_type="x/y")
+            raise RuntimeError("stop")
+        assert channel._size("q") == 0
+        with channel.publish_batch():
+            producer.publish(b"{}", exchange="q", routing_key="q", content_type="x/y")
+            producer.publish(b"{}", exchange="q", routing_key="q", content_type="x/y")
+        assert channel._size("q") == 2
+    finally:
+        session.close()
