@@ -140,6 +140,21 @@ def test_bad_enqueue_arguments_publish_nothing(broker_url: str, queue_name: str)
     run(main)
 
 
+def test_a_queue_deleted_then_enqueued_to_again_keeps_the_job(
+    broker_url: str, queue_name: str
+) -> None:
+    # The publisher had declared the queue before it was deleted: it must declare it
+    # again (Redis dropped such a message as undeliverable; RabbitMQ refused it).
+    async def main() -> None:
+        async with opened(queue_name, broker_url) as queue:
+            await queue.enqueue("contract.add", [1, 1])
+            await queue.delete()
+            await queue.enqueue("contract.add", [2, 2])
+            assert await queue.size() == 1
+
+    run(main)
+
+
 def test_sync_and_bulk_enqueue(broker_url: str, queue_name: str) -> None:
     async def main() -> None:
         async with opened(queue_name, broker_url) as queue:

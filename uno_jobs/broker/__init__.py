@@ -124,8 +124,17 @@ class Broker:
             conn.release()
 
     def delete_queues(self, names: Sequence[str]) -> None:
-        """Delete these broker queues and every message in them."""
+        """Delete these broker queues and every message in them.
+
+        This broker's publishers forget they declared them, so a later publish declares
+        them again instead of sending to a queue that is gone (on Redis kombu would drop
+        such a message as undeliverable).
+        """
         self._admin(names, purge=False, delete=True)
+        with self._lock:
+            publisher = self._publisher
+        if publisher is not None:
+            publisher.forget(names)
 
     def _admin(self, names: Sequence[str], purge: bool, delete: bool = False) -> dict[str, int]:
         conn = self.spec.connection()

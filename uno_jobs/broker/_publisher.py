@@ -113,6 +113,14 @@ class PublishSession:
             self._producer = Producer(self._channel)
         return self._producer
 
+    def forget(self, names: Sequence[str]) -> None:
+        """Declare these queues again before the next publish to them (they were deleted;
+        declaring binds them again, which also drops a Redis channel's cached bindings;
+        on SQS the connection's cached queue URLs and sizes of them go too)."""
+        self._declared.difference_update(names)
+        if self._sqs_sizes is not None and self._channel is not None:
+            self._sqs_sizes.forget(self._channel, names)
+
     def declare(self, name: str) -> None:
         if name in self._declared:
             return
@@ -233,6 +241,7 @@ class Publisher:
     def __init__(self, spec: BrokerSpec, max_sessions: int = 8) -> None:
         self.spec = spec
         self._free: list[PublishSession] = []
+        self._sessions: list[PublishSession] = []  # every session, free or in use
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_sessions)
 
@@ -247,6 +256,8 @@ class Publisher:
                 session = self._free.pop() if self._free else None
             if session is None:
                 session = PublishSession(self.spec)
+                with self._lock:
+                    self._sessions.append(session)
             try:
                 session.publish(items)
             finally:
@@ -255,9 +266,17 @@ class Publisher:
         finally:
             self._slots.release()
 
+    def forget(self, names: Sequence[str]) -> None:
+        """Every session declares these queues again before publishing to them."""
+        with self._lock:
+            sessions = list(self._sessions)
+        for session in sessions:
+            session.forget(names)
+
     def close(self) -> None:
         with self._lock:
             sessions, self._free = self._free, []
+            self._sessions = []
         for session in sessions:
             session.close()
 

@@ -82,6 +82,17 @@ class SqsSizes:
             self._limits[routing_key] = limit
         return limit
 
+    def forget(self, channel: Any, names: Sequence[str]) -> None:
+        """Drop what is cached about these queues (deleted): their maximum sizes here, and
+        their URLs in the kombu connection's cache (kombu keeps it per connection, so a
+        queue deleted through another one would be looked up at its old URL)."""
+        cache = getattr(channel, "_queue_cache", None)
+        for name in names:
+            self._limits.pop(name, None)
+            if cache is not None:
+                cache.pop(channel.canonical_queue_name(name), None)
+                cache.pop(name, None)
+
     def check(self, channel: Any, items: Sequence[tuple[str, Encoded]]) -> None:
         """Raise ``PayloadError`` for the first message over its queue's maximum."""
         for routing_key, encoded in items:
