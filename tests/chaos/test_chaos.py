@@ -208,7 +208,9 @@ def _outage(
     up()
     up_at = time.monotonic()
     # Jobs prefetched before the outage may have started meanwhile; more than a window of
-    # new starts means the workers fetch again.
+    # new starts means the workers fetch again. Enough jobs for that are enqueued now:
+    # at small sizes a worker may have held every job of the run before the outage.
+    case.enqueue(window(case.worker_type) + 1)
     case.wait_started(before + window(case.worker_type) + 1, timeout=CONSUMING_AGAIN_WITHIN)
     print(f"chaos: consuming again {time.monotonic() - up_at:.1f} s after the broker was back")
     return attempt, up_at
