@@ -2,7 +2,7 @@
 
 Worker: ``celery -A benchmarks.celery_app worker -P solo -c 1 -Q <queue>
 --without-heartbeat --without-gossip --without-mingle`` (or ``-P threads -c 8``,
-``-P prefork -c 2``); the solo pool on RabbitMQ with ``--prefetch-multiplier 25`` (at the
+``-P prefork -c 1``); the solo pool on RabbitMQ with ``--prefetch-multiplier 25`` (at the
 default of 4 it stalls for 10-20 s at a time on this machine; see ``_systems``).
 
 Settings: late acks (as uno_jobs), results ignored and no result backend, remote control

@@ -44,7 +44,7 @@ SYSTEM_LABELS: dict[str, str] = {
     "kombu": "raw kombu",
     "celery": "Celery solo",
     "celery_threads": "Celery threads(8)",
-    "celery_prefork": "Celery prefork(2)",
+    "celery_prefork": "Celery prefork(1)",
     "dramatiq": "Dramatiq 1p x 8t",
 }
 BROKER_LABELS: dict[str, str] = {"embedded": "embedded", "redis": "Redis", "amqp": "RabbitMQ"}

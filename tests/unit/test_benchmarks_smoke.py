@@ -88,7 +88,7 @@ def test_throughput_targets_take_the_best_uno_worker_and_celerys_best_pool() -> 
     celery = ratios["no-op throughput, uno_jobs best / Celery best, Redis"]
     dramatiq = ratios["no-op throughput, uno_jobs best / Dramatiq, Redis"]
     assert (celery.value, celery.target, celery.verdict) == (pytest.approx(2.0), 2.0, "PASS")
-    assert "Celery prefork(2)" in celery.denominator
+    assert "Celery prefork(1)" in celery.denominator
     assert (dramatiq.value, dramatiq.target, dramatiq.verdict) == (1.2, 1.2, "PASS")
     (row,) = report.compute_peer_ratios(figures)
     assert row.uno == "uno_async" and row.peer_systems["celery"] == "celery_prefork"
