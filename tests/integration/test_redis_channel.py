@@ -299,15 +299,19 @@ def test_a_sigkilled_consumers_messages_come_back_after_the_visibility_timeout()
         redis_home.close()
 
 
-def _check_sigkilled_consumer(redis_home: Isolated) -> None:
-    holder = f"""
-import sys, time
+def _holder_script(url: str, *, report_owner: bool = False) -> str:
+    """A consumer process that takes 5 messages of "q", prints "held 5" and waits to be
+    killed; with ``report_owner`` it first prints its channel's owner id (all it ever
+    reports: nothing is held yet)."""
+    owner = "print(channel.lease_owner, flush=True)\n" if report_owner else ""
+    return f"""
+import time
 from kombu.messaging import Consumer
 from uno_jobs.broker import parse_broker_url
 from uno_jobs.broker._topology import kombu_queue
-conn = parse_broker_url({redis_home.url!r}).connection()
+conn = parse_broker_url({url!r}).connection()
 channel = conn.default_channel
-held = []
+{owner}held = []
 consumer = Consumer(channel, queues=[kombu_queue("q")(channel)], on_message=held.append)
 consumer.qos(prefetch_count=5)
 consumer.consume()
@@ -319,6 +323,10 @@ while len(held) < 5:
 print("held", len(held), flush=True)
 time.sleep(600)
 """
+
+
+def _check_sigkilled_consumer(redis_home: Isolated) -> None:
+    holder = _holder_script(redis_home.url)
     with channel_on(redis_home.url) as (conn, channel):
         for i in range(8):
             publish(channel, "q", {"n": i})
@@ -588,26 +596,7 @@ def test_restoring_an_owner_puts_back_exactly_its_unacked_messages_once() -> Non
 
 def test_a_sigkilled_consumers_owner_restore_brings_back_even_what_it_never_reported() -> None:
     redis_home = Isolated(visibility_timeout=300.0)
-    holder = f"""
-import time
-from kombu.messaging import Consumer
-from uno_jobs.broker import parse_broker_url
-from uno_jobs.broker._topology import kombu_queue
-conn = parse_broker_url({redis_home.url!r}).connection()
-channel = conn.default_channel
-print(channel.lease_owner, flush=True)  # all it ever reports: nothing is held yet
-held = []
-consumer = Consumer(channel, queues=[kombu_queue("q")(channel)], on_message=held.append)
-consumer.qos(prefetch_count=5)
-consumer.consume()
-while len(held) < 5:
-    try:
-        conn.drain_events(timeout=0.05)
-    except TimeoutError:
-        pass
-print("held", len(held), flush=True)
-time.sleep(600)
-"""
+    holder = _holder_script(redis_home.url, report_owner=True)
     try:
         with channel_on(redis_home.url) as (conn, channel):
             proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE)
