@@ -181,6 +181,26 @@ class StoreContract:
         assert store.get("x") is None
         assert store.get("y") is None
 
+    def test_create_missing_leaves_a_record_a_worker_wrote_first(self, store: JobStore) -> None:
+        # A worker that starts a RabbitMQ job before the producer wrote its record
+        # creates the record (apply); the producer's late write must keep it as it is.
+        store.apply([JobUpdate("early", "t", "q", {"status": "running", "attempts": 1})])
+        running = store.get("early")
+        store.create_missing([a_record("fresh"), a_record("early"), a_record("other")])  # type: ignore[attr-defined]
+        assert store.get("early") == running
+        assert store.get("fresh") == a_record("fresh")
+        assert store.get("other") == a_record("other")
+        store.create_missing([])  # type: ignore[attr-defined]
+
+    def test_create_missing_takes_the_id_of_an_expired_record(
+        self, store_factory: StoreFactory
+    ) -> None:
+        store = store_factory(retention_seconds=0.2)
+        store.apply([JobUpdate("old", "t", "q", {"status": "succeeded"})])
+        wait_for(lambda: store.get("old") is None)
+        store.create_missing([a_record("old")])  # type: ignore[attr-defined]
+        assert store.get("old") == a_record("old")
+
     def test_delete_removes_records(self, store: JobStore) -> None:
         store.create_many([a_record("a"), a_record("b"), a_record("c")])
         store.delete(["a", "c", "unknown"])

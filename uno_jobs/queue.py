@@ -6,6 +6,9 @@ the job record (a duplicate id is refused) → publish, confirmed on RabbitMQ (o
 delay, write it to the store's schedule; on SQS a delay of up to 15 minutes is published
 at once with ``DelaySeconds``) → return the handle. If the publish fails the
 record is removed again and the error is raised: a returned job id is a job that exists.
+Two stores and brokers do the record and the publish together (``_publish_with_records``):
+a Redis store on the Redis broker's database writes both in one atomic script, and on
+RabbitMQ the records of generated ids are written while the broker confirms.
 
 Cancellation adds the job id to the store's cancelled ids before it returns; every worker
 checks them (see ``uno_jobs.worker._cancels``) before it starts a delivery, so a job
@@ -26,10 +29,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from uno_jobs.broker import Broker, Outgoing, dead_queue_name, level_queue_name, level_queues
+from uno_jobs.broker import (
+    Broker,
+    Outgoing,
+    UncapturableError,
+    dead_queue_name,
+    level_queue_name,
+    level_queues,
+)
 from uno_jobs.config import redact_url, resolve_broker_url, resolve_store_url
 from uno_jobs.dead_letters import DeadLetters
 from uno_jobs.errors import (
+    BrokerUnavailableError,
     ConfigurationError,
     DuplicateJobError,
     JobFailedError,
@@ -44,7 +55,7 @@ from uno_jobs.middleware import Middleware, MiddlewareChain, job_fields, job_vie
 from uno_jobs.plugins import get_plugins
 from uno_jobs.schedule import mark_broker_delay, scheduled_entry
 from uno_jobs.store import DeadLetter, JobRecord, JobStatus, JobStore, open_store
-from uno_jobs.store._base import first_repeated
+from uno_jobs.store._base import PushRefusedError, first_repeated
 from uno_jobs.tasks import Task, get_default_registry
 from uno_jobs.tracing import fail_span, messaging_system, producer_span, tracing_enabled
 
@@ -56,7 +67,8 @@ class _Prepared:
     """One job between ``_prepare`` and ``_send``: encoded, and its producer span if traced.
 
     ``held_seconds``: the broker holds the message back this long (SQS ``DelaySeconds``)
-    instead of the store's schedule holding the job for ``delay``.
+    instead of the store's schedule holding the job for ``delay``. ``own_id``: the
+    caller chose the job id (it must be refused, before anything is sent, if it exists).
     """
 
     message: Message
@@ -64,6 +76,7 @@ class _Prepared:
     delay: float | None
     span: Any = None
     held_seconds: int | None = None
+    own_id: bool = False
 
 
 def _end_spans(prepared: Iterable[_Prepared], exc: BaseException | None) -> None:
@@ -346,7 +359,7 @@ class Queue:
         except BaseException as exc:
             _end_spans([_Prepared(message, None, delay, span)], exc)
             raise
-        return _Prepared(message, encoded, delay, span, held_seconds)
+        return _Prepared(message, encoded, delay, span, held_seconds, spec.job_id is not None)
 
     def _send(self, prepared: list[_Prepared]) -> list[JobHandle]:
         try:
@@ -377,22 +390,26 @@ class Queue:
             )
             for item in prepared
         ]
+        # Jobs the broker holds back go out now with the others (their records say
+        # "scheduled" until a worker starts them); the rest of the delayed ones wait in
+        # the store's schedule.
+        outgoing = [
+            Outgoing(
+                level_queue_name(self.name, item.message.priority),
+                item.encoded,
+                item.held_seconds,
+            )
+            for item in prepared
+            if not item.delay or item.held_seconds
+        ]
         store = self.store
+        if len(outgoing) == len(prepared) and self._publish_with_records(
+            store, records, outgoing, own_ids=any(item.own_id for item in prepared)
+        ):
+            return [JobHandle(i, self) for i in ids]
         store.create_many(records)
         try:
-            # Jobs the broker holds back go out now with the others (their records say
-            # "scheduled" until a worker starts them); the rest of the delayed ones wait
-            # in the store's schedule.
-            items = [
-                Outgoing(
-                    level_queue_name(self.name, item.message.priority),
-                    item.encoded,
-                    item.held_seconds,
-                )
-                for item in prepared
-                if not item.delay or item.held_seconds
-            ]
-            self._broker.publish(items)
+            self._broker.publish(outgoing)
             for item in prepared:
                 if item.delay and not item.held_seconds:
                     m = item.message
@@ -410,6 +427,64 @@ class Queue:
             store.delete(ids)
             raise
         return [JobHandle(i, self) for i in ids]
+
+    def _publish_with_records(
+        self,
+        store: JobStore,
+        records: list[JobRecord],
+        outgoing: list[Outgoing],
+        own_ids: bool,
+    ) -> bool:
+        """Write the records and publish together, where the store and broker allow it;
+        ``False`` if they don't (the caller writes the records first, then publishes).
+
+        - A Redis store on the broker's own Redis database: one atomic script writes the
+          records and pushes the messages (one round trip instead of two; a duplicate id
+          refuses both).
+        - RabbitMQ: the records are written while the broker confirms the messages (the
+          confirm round trip hides the write). Not with ids of the caller's, which must
+          be refused before anything is sent. A worker may start a job before its record
+          is written (it then creates the record); ``create_missing`` leaves that record
+          as it is. If the record write fails, its error is raised after the confirms,
+          and the messages, already with the broker, are not taken back.
+        """
+        kind = self._broker.spec.kind
+        create_and_push = getattr(store, "create_and_push", None)
+        same_database = getattr(store, "same_database", None)
+        if (
+            kind == "redis"
+            and create_and_push is not None
+            and same_database is not None
+            and same_database(self.broker_url)
+        ):
+            try:
+                commands = self._broker.capture(outgoing)
+            except UncapturableError:
+                return False
+            try:
+                create_and_push(records, commands)
+            except PushRefusedError as exc:
+                raise BrokerUnavailableError(
+                    self._broker.spec.display, f"Redis refused a publish: {exc}"
+                ) from None
+            return True
+        create_missing = getattr(store, "create_missing", None)
+        if kind != "amqp" or own_ids or create_missing is None:
+            return False
+        written = False
+
+        def write_records() -> None:
+            nonlocal written
+            create_missing(records)
+            written = True
+
+        try:
+            self._broker.publish(outgoing, while_confirming=write_records)
+        except BaseException:
+            if written:
+                store.delete([record.id for record in records])
+            raise
+        return True
 
     def _view(self, message: Message) -> Any:
         return job_view(job_fields(message, None))

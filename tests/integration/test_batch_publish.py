@@ -23,7 +23,7 @@ from uno_jobs import JobSpec, Queue
 from uno_jobs.broker import Outgoing, _redis_publish, parse_broker_url
 from uno_jobs.broker._publisher import PublishSession
 from uno_jobs.broker._topology import kombu_queue
-from uno_jobs.errors import BrokerUnavailableError
+from uno_jobs.errors import BrokerUnavailableError, DuplicateJobError
 from uno_jobs.message import Encoded, encode, new_message
 
 pytestmark = pytest.mark.integration
@@ -144,7 +144,8 @@ def _declared_then_broken(queue: Queue, home: RedisHome) -> None:
 def test_a_refused_push_mid_batch_fails_the_batch_and_removes_its_job_records(
     redis_home: RedisHome,
 ) -> None:
-    queue = Queue("q", broker_url=redis_home.url, store_url=redis_home.store_url)
+    # The job store on another server: records first, then the pipelined publish.
+    queue = Queue("q", broker_url=redis_home.url, store_url="memory://refused-batch")
     try:
         _declared_then_broken(queue, redis_home)
         ids = [f"batch-{n}" for n in range(3)]
@@ -166,13 +167,48 @@ def test_a_refused_push_mid_batch_fails_the_batch_and_removes_its_job_records(
 
 
 def test_a_refused_lone_push_removes_its_job_record(redis_home: RedisHome) -> None:
-    queue = Queue("q", broker_url=redis_home.url, store_url=redis_home.store_url)
+    queue = Queue("q", broker_url=redis_home.url, store_url="memory://refused-lone")
     try:
         _declared_then_broken(queue, redis_home)
         # A lone message goes out without a pipeline; its refusal is handled the same way.
         with pytest.raises(BrokerUnavailableError, match=r"refused a publish.*WRONGTYPE"):
             queue.enqueue_sync("contract.noop", priority="low", job_id="lone")
         assert queue.store.get("lone") is None
+    finally:
+        queue.close()
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_records_and_pushes_in_one_script_are_all_or_nothing(
+    redis_home: RedisHome, count: int
+) -> None:
+    # The job store on the broker's database: one script writes the records and pushes
+    # the messages. A list that is another type of key refuses the whole batch before
+    # anything is written (Redis keeps a script's writes made before a failing command).
+    queue = Queue("q", broker_url=redis_home.url, store_url=redis_home.store_url)
+    try:
+        _declared_then_broken(queue, redis_home)
+        before = redis_home.raw.llen(redis_home.prefix + "q")
+        ids = [f"script-{n}" for n in range(count)]
+        specs = [JobSpec("contract.noop", [n], job_id=ids[n]) for n in range(count)]
+        specs[-1] = dataclasses.replace(specs[-1], priority="low")
+        with pytest.raises(BrokerUnavailableError, match=r"refused a publish.*WRONGTYPE.*q\.low"):
+            queue.enqueue_many_sync(specs)
+        assert [queue.store.get(job_id) for job_id in ids] == [None] * count
+        assert redis_home.raw.llen(redis_home.prefix + "q") == before
+        # A duplicate id refuses the batch the same way: no record, no message.
+        redis_home.raw.delete(redis_home.prefix + "q.low")
+        queue.enqueue_sync("contract.noop", job_id="taken")
+        after_first = redis_home.raw.llen(redis_home.prefix + "q")
+        with pytest.raises(DuplicateJobError, match="taken"):
+            queue.enqueue_many_sync(
+                [JobSpec("contract.noop", [9]), JobSpec("contract.noop", job_id="taken")]
+            )
+        assert redis_home.raw.llen(redis_home.prefix + "q") == after_first
+        # And a good batch lands whole: records and messages.
+        queue.enqueue_many_sync(specs)
+        assert all(queue.store.get(job_id) is not None for job_id in ids)
+        assert [e["headers"]["id"] for e in redis_home.items("q.low")] == [ids[-1]]
     finally:
         queue.close()
 

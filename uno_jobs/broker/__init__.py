@@ -11,7 +11,7 @@ from typing import Any
 
 from uno_jobs.broker._consumer import ConsumerThread, Delivery
 from uno_jobs.broker._deadletters import QueueSweep, StoredMessage
-from uno_jobs.broker._publisher import Outgoing, Publisher
+from uno_jobs.broker._publisher import CapturedCommands, Outgoing, Publisher, UncapturableError
 from uno_jobs.broker._spec import BrokerKind, BrokerSpec, parse_broker_url
 from uno_jobs.broker._topology import (
     dead_queue_name,
@@ -30,6 +30,7 @@ __all__ = [
     "Outgoing",
     "QueueSweep",
     "StoredMessage",
+    "UncapturableError",
     "dead_queue_name",
     "level_queue_name",
     "level_queues",
@@ -55,9 +56,27 @@ class Broker:
                 self._publisher = Publisher(self.spec)
             return self._publisher
 
-    def publish(self, items: Sequence[Outgoing]) -> None:
-        """Publish a batch; returns once the broker has it (confirmed on RabbitMQ)."""
-        self.publisher.publish(items)
+    def publish(
+        self, items: Sequence[Outgoing], while_confirming: Callable[[], None] | None = None
+    ) -> None:
+        """Publish a batch; returns once the broker has it (confirmed on RabbitMQ).
+
+        ``while_confirming`` runs once the messages are sent, while RabbitMQ's confirms
+        are on their way (elsewhere right after the publish); its error is raised after
+        the confirms were awaited.
+        """
+        self.publisher.publish(items, while_confirming)
+
+    def capture(self, items: Sequence[Outgoing]) -> CapturedCommands:
+        """Redis only: the commands (``LPUSH``, ``PEXPIRE``; keys as they are in Redis)
+        that publish ``items``, routed and enveloped as ``publish`` would, for the caller
+        to run (``RedisStore.create_and_push``). The queues are declared; nothing else is
+        sent.
+
+        Raises:
+            UncapturableError: not a Redis broker, or a message needs another command.
+        """
+        return self.publisher.capture(items)
 
     def consumer(
         self,

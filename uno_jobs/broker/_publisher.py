@@ -16,10 +16,10 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kombu.connection import Connection
 from kombu.exceptions import OperationalError
@@ -32,9 +32,19 @@ from uno_jobs.broker._topology import kombu_queue
 from uno_jobs.errors import BrokerUnavailableError, PayloadError
 from uno_jobs.message import Encoded
 
-__all__ = ["Outgoing", "PublishSession", "Publisher"]
+__all__ = ["CapturedCommands", "Outgoing", "PublishSession", "Publisher", "UncapturableError"]
 
 log = logging.getLogger("uno_jobs.broker")
+
+_T = TypeVar("_T")
+
+#: Commands of a captured Redis publish: (name, key as in Redis, the other arguments).
+CapturedCommands = list[tuple[str, str, tuple[Any, ...]]]
+
+
+class UncapturableError(Exception):
+    """A publish cannot be handed out as Redis commands (``PublishSession.capture``)."""
+
 
 _CLOSE_TIMEOUT_SECONDS = 1.0
 
@@ -128,38 +138,35 @@ class PublishSession:
         kombu_queue(name)(self._channel).declare()
         self._declared.add(name)
 
-    def publish(self, items: Sequence[Outgoing]) -> None:
+    def publish(
+        self, items: Sequence[Outgoing], while_confirming: Callable[[], None] | None = None
+    ) -> None:
         """Publish ``items``; on AMQP return once all are confirmed.
+
+        ``while_confirming`` runs once the messages are sent, while the broker's confirms
+        are on their way (on AMQP; elsewhere after the publish). If it raises, the confirms
+        are still awaited (the channel stays usable) and then its error is raised.
 
         Raises:
             BrokerUnavailableError: the broker is unreachable, refused a message, or did
                 not confirm within ``confirm_timeout``.
         """
+        failure: BaseException | None = None
         try:
-            self._check_delays(items)
-            producer = self._ensure()
-            for item in items:
-                self.declare(item.routing_key)
-            wire = [(item.routing_key, item.wire_encoded()) for item in items]
-            if self._sqs_sizes is not None:
-                self._sqs_sizes.check(self._channel, wire)
+            producer, wire = self._start(items)
             batch: AbstractContextManager[Any] = (
                 self._channel.publish_batch() if self._batched(len(wire)) else nullcontext()
             )
             with batch:
                 for routing_key, enc in wire:
-                    producer.publish(
-                        enc.body,
-                        exchange=routing_key,
-                        routing_key=routing_key,
-                        headers=enc.headers,
-                        content_type=enc.content_type,
-                        content_encoding=enc.content_encoding,
-                        delivery_mode=2,
-                        **enc.properties,
-                    )
+                    self._publish_one(producer, routing_key, enc)
                     if self._confirms is not None:
                         self._confirms.next_tag()
+            if while_confirming is not None:
+                try:
+                    while_confirming()
+                except BaseException as exc:  # reported after the confirms
+                    failure = exc
             self._wait_for_confirms()
         except BrokerUnavailableError:
             self.close()
@@ -171,6 +178,57 @@ class PublishSession:
             if _is_connection_problem(self._conn, exc):
                 raise BrokerUnavailableError(self.spec.display, _describe(exc)) from None
             raise
+        if failure is not None:
+            raise failure
+
+    def capture(self, items: Sequence[Outgoing]) -> CapturedCommands:
+        """The Redis commands that would publish ``items``, for the caller to send
+        (``PublishChannel.capture_batch``); queues are declared, nothing else is sent.
+
+        Raises:
+            UncapturableError: not a Redis broker, or a message needs another command.
+            BrokerUnavailableError: declaring a queue failed on a connection problem.
+        """
+        if self.spec.kind != "redis":
+            raise UncapturableError(f"broker {self.spec.display} is not Redis")
+        captured: CapturedCommands
+        try:
+            producer, wire = self._start(items)
+            with self._channel.capture_batch() as captured:
+                for routing_key, enc in wire:
+                    self._publish_one(producer, routing_key, enc)
+        except (UncapturableError, PayloadError):
+            raise
+        except Exception as exc:
+            self.close()
+            if _is_connection_problem(self._conn, exc):
+                raise BrokerUnavailableError(self.spec.display, _describe(exc)) from None
+            raise
+        return captured
+
+    def _start(self, items: Sequence[Outgoing]) -> tuple[Producer, list[tuple[str, Encoded]]]:
+        """Connect, declare the queues of ``items`` and check them: what a publish sends."""
+        self._check_delays(items)
+        producer = self._ensure()
+        for item in items:
+            self.declare(item.routing_key)
+        wire = [(item.routing_key, item.wire_encoded()) for item in items]
+        if self._sqs_sizes is not None:
+            self._sqs_sizes.check(self._channel, wire)
+        return producer, wire
+
+    @staticmethod
+    def _publish_one(producer: Producer, routing_key: str, enc: Encoded) -> None:
+        producer.publish(
+            enc.body,
+            exchange=routing_key,
+            routing_key=routing_key,
+            headers=enc.headers,
+            content_type=enc.content_type,
+            content_encoding=enc.content_encoding,
+            delivery_mode=2,
+            **enc.properties,
+        )
 
     def _batched(self, count: int) -> bool:
         """Whether to publish ``count`` messages in the channel's ``publish_batch()``: it
@@ -245,10 +303,22 @@ class Publisher:
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(max_sessions)
 
-    def publish(self, items: Sequence[Outgoing]) -> None:
-        """Publish ``items`` in one batch (confirmed together on AMQP)."""
+    def publish(
+        self, items: Sequence[Outgoing], while_confirming: Callable[[], None] | None = None
+    ) -> None:
+        """Publish ``items`` in one batch (confirmed together on AMQP; see
+        ``PublishSession.publish`` for ``while_confirming``)."""
         if not items:
+            if while_confirming is not None:
+                while_confirming()
             return
+        self._with_session(lambda session: session.publish(items, while_confirming))
+
+    def capture(self, items: Sequence[Outgoing]) -> CapturedCommands:
+        """The Redis commands that would publish ``items`` (``PublishSession.capture``)."""
+        return self._with_session(lambda session: session.capture(items))
+
+    def _with_session(self, call: Callable[[PublishSession], _T]) -> _T:
         if not self._slots.acquire(timeout=self.spec.confirm_timeout):
             raise BrokerUnavailableError(self.spec.display, "no free publish session")
         try:
@@ -259,7 +329,7 @@ class Publisher:
                 with self._lock:
                     self._sessions.append(session)
             try:
-                session.publish(items)
+                return call(session)
             finally:
                 with self._lock:
                     self._free.append(session)

@@ -31,6 +31,12 @@ delivery tag, its routing through the exchange type, and ``_put``'s priority sub
   With a kombu before 5.7, or with redis-py retries configured (a replayed pipeline
   could push a batch twice: kombu's ``supports_batch_publish``), each message goes out
   on its own, as kombu sends it.
+- **``capture_batch()``**: the same routing and envelopes, but nothing is sent: the block
+  gets the batch's commands with their keys as they are in Redis (global key prefix
+  included), so the caller can run them inside a script of its own (``Queue`` writes the
+  job records and pushes their messages in one atomic script when its job store is the
+  broker's Redis database). Only ``LPUSH`` and ``PEXPIRE`` are handed out this way; a
+  batch with another command (a fanout exchange's ``PUBLISH``) cannot be captured.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+
+from uno_jobs.broker._publisher import CapturedCommands, UncapturableError
 
 __all__ = ["BINDING_CACHE_SECONDS", "PublishChannel", "PublishFailedError"]
 
@@ -55,6 +63,10 @@ class PublishFailedError(redis.ResponseError):
     """Redis answered an error to a command of a publish batch (the first error is the
     cause). A ``ResponseError``, so one of the transport's channel errors, as the reply of a
     lone ``LPUSH`` would be."""
+
+
+# The commands whose first argument is the only key, the only ones a capture hands out.
+_CAPTURABLE = frozenset({"lpush", "pexpire"})
 
 
 class _Commands:
@@ -157,6 +169,31 @@ class PublishChannel(kombu_redis.Channel):
             self._batch = None
         if batch.commands:
             self._send_batch(batch.commands)
+
+    @contextmanager
+    def capture_batch(self) -> Iterator[CapturedCommands]:
+        """Collect the commands of the messages published in the block without sending
+        them; the yielded list is filled when the block ends (module docstring).
+
+        Raises:
+            UncapturableError: a message needed another command than ``LPUSH`` or
+                ``PEXPIRE``, or this kombu cannot batch; nothing was sent.
+        """
+        if self._batch is not None:
+            raise RuntimeError("a Redis publish batch is open on this channel already")
+        if not getattr(self, "supports_batch_publish", False):
+            raise UncapturableError("this kombu cannot collect the commands of a publish")
+        captured: CapturedCommands = []
+        batch = self._batch = _Commands()
+        try:
+            yield captured
+        finally:
+            self._batch = None
+        prefix = self.global_keyprefix or ""
+        for name, args in _merge_pushes(batch.commands):
+            if name not in _CAPTURABLE:
+                raise UncapturableError(f"a publish needs Redis command {name.upper()}")
+            captured.append((name, f"{prefix}{args[0]}", args[1:]))
 
     def _send_batch(self, commands: list[tuple[str, tuple[Any, ...]]]) -> None:
         commands = _merge_pushes(commands)

@@ -209,6 +209,15 @@ class ScheduledJob:
     payload: str
 
 
+class PushRefusedError(Exception):
+    """``create_and_push``: a broker list to push to is another type of key in Redis."""
+
+    def __init__(self, key: str, kind: str) -> None:
+        super().__init__(f"WRONGTYPE: key {key!r} holds a {kind}, not a list")
+        self.key = key
+        self.kind = kind
+
+
 @runtime_checkable
 class JobStore(Protocol):
     """Job state and results. Implementations: SQLite (embedded), Redis, memory.
@@ -217,6 +226,17 @@ class JobStore(Protocol):
     operation (no network), which workers may then do on their event loop instead of in
     a thread (``CancelWatch``: it saves a thread hop before a lone delivery starts).
     Stores without it are read in a thread.
+
+    Optional too, and used by ``Queue`` when present (every store here has them):
+
+    - ``create_missing(records)``: insert the records whose id has no live record and
+      leave existing ones as they are. With it, ``Queue`` writes a RabbitMQ job's record
+      while the broker confirms its message instead of before publishing it; a worker
+      that starts the job first creates the record itself (``apply``), and this write
+      must then not refuse or overwrite it.
+    - ``create_and_push(records, commands)`` and ``same_database(broker_url)``: a Redis
+      store writes the records and runs a Redis broker's publish commands in one atomic
+      script when the broker is its own server and database.
     """
 
     url: str

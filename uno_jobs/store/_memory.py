@@ -124,6 +124,17 @@ class MemoryStore:
                 row["expires_at"] = self._expiry(row["status"], now)
                 self._data.records[row["id"]] = row
 
+    def create_missing(self, records: Sequence[JobRecord]) -> None:
+        """Insert the records whose id has none yet; an existing record (a worker that
+        started the job first) is left as it is."""
+        rows = [record_columns(record, self.result_limit_bytes) for record in records]
+        with self._data.lock:
+            now = time.time()
+            for row in rows:
+                if self._live(row["id"], now) is None:
+                    row["expires_at"] = self._expiry(row["status"], now)
+                    self._data.records[row["id"]] = row
+
     def delete(self, job_ids: Iterable[str]) -> None:
         """Remove records (used to undo ``create`` when a publish failed)."""
         with self._data.lock:

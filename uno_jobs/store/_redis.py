@@ -24,7 +24,7 @@ import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -42,6 +42,7 @@ from uno_jobs.store._base import (
     DeadLetter,
     JobRecord,
     JobUpdate,
+    PushRefusedError,
     ScheduledJob,
     first_repeated,
     record_columns,
@@ -59,28 +60,62 @@ _FLOAT_FIELDS = frozenset({"enqueued_at", "started_at", "finished_at"})
 # Job ids per UNCANCEL call: Lua's unpack has a limit on the number of values.
 _UNCANCEL_CHUNK = 1000
 
-# KEYS: per record, its hash and its errors list. ARGV, per record: pexpire ms ('' for
-# none), item count, error count, field/value items, errors (JSON). Returns the 1-based
-# index of the first record that exists (nothing written), or 0.
+# KEYS: per record, its hash and its errors list; then one key per command. ARGV: the
+# record count, 'refuse' or 'skip' (what an existing record does: refuse the call, or is
+# left as it is); per record: pexpire ms ('' for none), item count, error count,
+# field/value items, errors (JSON); then per command: its name (LPUSH or PEXPIRE, a
+# broker's publish: ``create_and_push``), its argument count, its arguments after the key.
+# Returns 0 when done; when refusing, the 1-based index of the first record that exists;
+# {key, type} for an LPUSH key that is not a list. Both are found before anything is
+# written: Redis does not undo a script's writes when a later command fails.
 _CREATE_SCRIPT = """
-for i = 1, #KEYS, 2 do
-  if redis.call('EXISTS', KEYS[i]) == 1 then return (i + 1) / 2 end
-end
-local a = 1
-for i = 1, #KEYS, 2 do
-  local n, m = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local s = a + 3
-  redis.call('HSET', KEYS[i], unpack(ARGV, s, s + n - 1))
-  redis.call('DEL', KEYS[i + 1])
-  if m > 0 then redis.call('RPUSH', KEYS[i + 1], unpack(ARGV, s + n, s + n + m - 1)) end
-  if ARGV[a] ~= '' then
-    redis.call('PEXPIRE', KEYS[i], ARGV[a])
-    redis.call('PEXPIRE', KEYS[i + 1], ARGV[a])
+local n, refuse = tonumber(ARGV[1]), ARGV[2] == 'refuse'
+local exists = {}
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[2 * i - 1]) == 1 then
+    if refuse then return i end
+    exists[i] = true
   end
-  a = s + n + m
+end
+local a = 3
+for i = 1, n do
+  a = a + 3 + tonumber(ARGV[a + 1]) + tonumber(ARGV[a + 2])
+end
+local k = 2 * n + 1
+while a <= #ARGV do
+  if ARGV[a] == 'lpush' then
+    local kind = redis.call('TYPE', KEYS[k])['ok']
+    if kind ~= 'none' and kind ~= 'list' then return {KEYS[k], kind} end
+  end
+  k, a = k + 1, a + 2 + tonumber(ARGV[a + 1])
+end
+a = 3
+for i = 1, n do
+  local key, errors = KEYS[2 * i - 1], KEYS[2 * i]
+  local items, m = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local s = a + 3
+  if not exists[i] then
+    redis.call('HSET', key, unpack(ARGV, s, s + items - 1))
+    redis.call('DEL', errors)
+    if m > 0 then redis.call('RPUSH', errors, unpack(ARGV, s + items, s + items + m - 1)) end
+    if ARGV[a] ~= '' then
+      redis.call('PEXPIRE', key, ARGV[a])
+      redis.call('PEXPIRE', errors, ARGV[a])
+    end
+  end
+  a = s + items + m
+end
+k = 2 * n + 1
+while a <= #ARGV do
+  local count = tonumber(ARGV[a + 1])
+  redis.call(ARGV[a], KEYS[k], unpack(ARGV, a + 2, a + 1 + count))
+  k, a = k + 1, a + 2 + count
 end
 return 0
 """
+
+# The broker commands ``create_and_push`` runs after the records (see the script above).
+_PUSH_COMMANDS = frozenset({"lpush", "pexpire"})
 
 # KEYS: per update, in order, the record's hash and its errors list. ARGV, per update: id,
 # task, queue, expiry ('' keep, '-' persist, else pexpire ms), count of items to set, count
@@ -210,6 +245,21 @@ def _from_text(name: str, text: str) -> Any:
     return text
 
 
+def _server_of(url: str) -> tuple[str, str, int, str, str]:
+    """What names a Redis database in a URL: scheme, host, port, user and database (the
+    path's number, or a ``db`` query parameter). Two URLs that spell one database
+    differently compare unequal, which only costs the combined write its use."""
+    parts = urlsplit(url)
+    db = parse_qs(parts.query).get("db", [parts.path.strip("/") or "0"])[0]
+    return (
+        parts.scheme,
+        (parts.hostname or "localhost").lower(),
+        parts.port or 6379,
+        parts.username or "",
+        db,
+    )
+
+
 def _error_json(error: AttemptError) -> str:
     return json.dumps(error.to_dict(), separators=(",", ":"))
 
@@ -324,13 +374,51 @@ class RedisStore:
         Raises:
             DuplicateJobError: The first id that exists (or repeats); nothing is written.
         """
-        if not records:
+        self._run_create(records, refuse=True)
+
+    def create_missing(self, records: Sequence[JobRecord]) -> None:
+        """Insert the records whose id has none yet, in one script; an existing record
+        (a worker that started the job first) is left as it is."""
+        self._run_create(records, refuse=False)
+
+    def create_and_push(
+        self, records: Sequence[JobRecord], commands: Sequence[tuple[str, str, tuple[Any, ...]]]
+    ) -> None:
+        """Insert new records and, in the same atomic script, run a Redis broker's
+        publish commands (``LPUSH``/``PEXPIRE`` of ``Broker.capture``; keys as they are in
+        Redis): the jobs exist and their messages are queued, or neither. Only for a
+        broker on this store's server and database (``same_database``).
+
+        Raises:
+            DuplicateJobError: The first id that exists (or repeats); nothing is written
+                and nothing is pushed.
+            PushRefusedError: a list to push to is another type of key; nothing is
+                written and nothing is pushed.
+            ValueError: a command other than ``LPUSH`` or ``PEXPIRE``.
+        """
+        for name, _, _ in commands:
+            if name.lower() not in _PUSH_COMMANDS:
+                raise ValueError(f"RedisStore.create_and_push: command {name!r} is not a push")
+        self._run_create(records, refuse=True, commands=commands)
+
+    def same_database(self, url: str) -> bool:
+        """Whether the Redis URL ``url`` (a broker's) names this store's server and
+        database (scheme, host, port, user and database number; the query is ignored)."""
+        return _server_of(url) == _server_of(self.url)
+
+    def _run_create(
+        self,
+        records: Sequence[JobRecord],
+        refuse: bool,
+        commands: Sequence[tuple[str, str, tuple[Any, ...]]] = (),
+    ) -> None:
+        if not records and not commands:
             return
         ids = [record.id for record in records]
         repeated = first_repeated(ids)
         if repeated is not None:
             raise DuplicateJobError(repeated)
-        args: list[str] = []
+        args: list[Any] = [str(len(records)), "refuse" if refuse else "skip"]
         keys: list[str] = []
         for record in records:
             columns = record_columns(record, self.result_limit_bytes)
@@ -339,9 +427,14 @@ class RedisStore:
             expiry = self._expiry_ms() if record.status.value in _FINISHED_VALUES else ""
             args += (expiry, str(len(items)), str(len(errors)), *items, *errors)
             keys += (self._key(record.id), self._errors_key(record.id))
-        existing = int(self._create(keys=keys, args=args))
-        if existing:
-            raise DuplicateJobError(ids[existing - 1])
+        for name, key, rest in commands:
+            keys.append(key)
+            args += (name, str(len(rest)), *rest)
+        reply = self._create(keys=keys, args=args)
+        if isinstance(reply, list):
+            raise PushRefusedError(reply[0], reply[1])
+        if int(reply):
+            raise DuplicateJobError(ids[int(reply) - 1])
 
     def delete(self, job_ids: Iterable[str]) -> None:
         """Remove records (used to undo ``create`` when a publish failed)."""

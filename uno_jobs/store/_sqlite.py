@@ -121,6 +121,7 @@ _INSERT_RECORD = (
     f"INSERT INTO jobs ({', '.join(RECORD_FIELDS)}, expires_at) "
     f"VALUES ({', '.join(':' + name for name in RECORD_FIELDS)}, :expires_at)"
 )
+_INSERT_MISSING = _INSERT_RECORD.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
 _CLAIM_DUE = """
 UPDATE scheduled SET available_at = ?
 WHERE job_id IN (
@@ -372,13 +373,7 @@ class SQLiteStore:
         if repeated is not None:
             raise DuplicateJobError(repeated)
         now = time.time()
-        rows = []
-        errors: list[tuple[Any, ...]] = []
-        for record in records:
-            row = record_columns(record, self.result_limit_bytes)
-            row["expires_at"] = self._expiry(row["status"], now)
-            errors += [_error_row(record.id, AttemptError.from_value(e)) for e in row.pop("errors")]
-            rows.append(row)
+        rows, errors = self._rows(records, now)
         try:
             with self._transaction() as conn:
                 self._drop_expired(conn, ids, now)
@@ -393,6 +388,30 @@ class SQLiteStore:
                 if job_id in existing:
                     raise DuplicateJobError(job_id) from None
             raise
+
+    def create_missing(self, records: Sequence[JobRecord]) -> None:
+        """Insert the records whose id has none yet, in one transaction; an existing
+        record (a worker that started the job first) is left as it is."""
+        ids = [record.id for record in records]
+        now = time.time()
+        rows, errors = self._rows(records, now)
+        with self._transaction() as conn:
+            self._drop_expired(conn, ids, now)
+            inserted = {row["id"] for row in rows if conn.execute(_INSERT_MISSING, row).rowcount}
+            conn.executemany(_INSERT_ERROR, [e for e in errors if e[0] in inserted])
+
+    def _rows(
+        self, records: Sequence[JobRecord], now: float
+    ) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
+        """The ``jobs`` rows and ``job_errors`` rows of new records."""
+        rows = []
+        errors: list[tuple[Any, ...]] = []
+        for record in records:
+            row = record_columns(record, self.result_limit_bytes)
+            row["expires_at"] = self._expiry(row["status"], now)
+            errors += [_error_row(record.id, AttemptError.from_value(e)) for e in row.pop("errors")]
+            rows.append(row)
+        return rows, errors
 
     def _existing(self, job_ids: Sequence[str], now: float) -> set[str]:
         conn = self._connections.get()
