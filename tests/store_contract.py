@@ -192,6 +192,13 @@ class StoreContract:
         assert store.get("other") == a_record("other")
         store.create_missing([])  # type: ignore[attr-defined]
 
+    def test_create_missing_keeps_the_errors_of_a_kept_record(self, store: JobStore) -> None:
+        store.apply([JobUpdate("kept", "t", "q", {"status": "running"})])
+        store.create_missing([a_full_record("kept"), a_full_record("new")])  # type: ignore[attr-defined]
+        kept = store.get("kept")
+        assert kept is not None and not kept.errors and kept.status == JobStatus.RUNNING
+        assert store.get("new") == a_full_record("new")
+
     def test_create_missing_takes_the_id_of_an_expired_record(
         self, store_factory: StoreFactory
     ) -> None:

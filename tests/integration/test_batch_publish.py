@@ -25,6 +25,7 @@ from uno_jobs.broker._publisher import PublishSession
 from uno_jobs.broker._topology import kombu_queue
 from uno_jobs.errors import BrokerUnavailableError, DuplicateJobError
 from uno_jobs.message import Encoded, encode, new_message
+from uno_jobs.store import open_store
 
 pytestmark = pytest.mark.integration
 
@@ -87,13 +88,21 @@ BATCH = [
 ]
 
 
+@pytest.mark.parametrize("way", ["publish", "capture"])
 def test_a_redis_batch_lands_as_kombus_own_publish_writes_it_in_order(
-    redis_home: RedisHome,
+    redis_home: RedisHome, way: str
 ) -> None:
+    # "capture": the commands are handed out and run by the job store's script, as
+    # Queue does when its store is the broker's Redis database.
     encoded = [(name, _encoded(n, pri)) for n, (name, pri) in enumerate(BATCH)]
     session = PublishSession(parse_broker_url(redis_home.url))
     try:
-        session.publish([Outgoing(name, enc) for name, enc in encoded])
+        outgoing = [Outgoing(name, enc) for name, enc in encoded]
+        if way == "publish":
+            session.publish(outgoing)
+        else:
+            store = open_store(redis_home.store_url)
+            store.create_and_push([], session.capture(outgoing))  # type: ignore[attr-defined]
     finally:
         session.close()
     # The same messages through kombu's stock Redis transport, one by one, under another

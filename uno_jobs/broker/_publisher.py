@@ -183,7 +183,7 @@ class PublishSession:
 
     def capture(self, items: Sequence[Outgoing]) -> CapturedCommands:
         """The Redis commands that would publish ``items``, for the caller to send
-        (``PublishChannel.capture_batch``); queues are declared, nothing else is sent.
+        (``PublishChannel.capture``); queues are declared, nothing else is sent.
 
         Raises:
             UncapturableError: not a Redis broker, or a message needs another command.
@@ -191,12 +191,9 @@ class PublishSession:
         """
         if self.spec.kind != "redis":
             raise UncapturableError(f"broker {self.spec.display} is not Redis")
-        captured: CapturedCommands
         try:
-            producer, wire = self._start(items)
-            with self._channel.capture_batch() as captured:
-                for routing_key, enc in wire:
-                    self._publish_one(producer, routing_key, enc)
+            _, wire = self._start(items)
+            captured: CapturedCommands = self._channel.capture(wire)
         except (UncapturableError, PayloadError):
             raise
         except Exception as exc:

@@ -31,8 +31,8 @@ delivery tag, its routing through the exchange type, and ``_put``'s priority sub
   With a kombu before 5.7, or with redis-py retries configured (a replayed pipeline
   could push a batch twice: kombu's ``supports_batch_publish``), each message goes out
   on its own, as kombu sends it.
-- **``capture_batch()``**: the same routing and envelopes, but nothing is sent: the block
-  gets the batch's commands with their keys as they are in Redis (global key prefix
+- **``capture(messages)``**: the same routing and envelopes, but nothing is sent: it
+  returns the batch's commands with their keys as they are in Redis (global key prefix
   included), so the caller can run them inside a script of its own (``Queue`` writes the
   job records and pushes their messages in one atomic script when its job store is the
   broker's Redis database). Only ``LPUSH`` and ``PEXPIRE`` are handed out this way; a
@@ -42,7 +42,7 @@ delivery tag, its routing through the exchange type, and ``_put``'s priority sub
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -50,6 +50,7 @@ import redis
 from kombu.transport import redis as kombu_redis
 
 from uno_jobs.broker._publisher import CapturedCommands, UncapturableError
+from uno_jobs.message import Encoded
 
 __all__ = ["BINDING_CACHE_SECONDS", "PublishChannel", "PublishFailedError"]
 
@@ -170,30 +171,37 @@ class PublishChannel(kombu_redis.Channel):
         if batch.commands:
             self._send_batch(batch.commands)
 
-    @contextmanager
-    def capture_batch(self) -> Iterator[CapturedCommands]:
-        """Collect the commands of the messages published in the block without sending
-        them; the yielded list is filled when the block ends (module docstring).
+    def capture(self, messages: Iterable[tuple[str, Encoded]]) -> CapturedCommands:
+        """The commands that publish ``messages`` (routing key, encoded message), without
+        sending them (module docstring).
+
+        The envelope is the one ``Producer.publish`` makes (persistent, priority 0, the
+        message's properties), built and routed by the channel's own kombu methods
+        (``prepare_message``, ``_inplace_augment_message``, ``_lookup``, ``_put``) without
+        the producer's per-call work, about 40 % of the cost of a message here.
 
         Raises:
-            UncapturableError: a message needed another command than ``LPUSH`` or
-                ``PEXPIRE``, or this kombu cannot batch; nothing was sent.
+            UncapturableError: a message needs another command than ``LPUSH`` or
+                ``PEXPIRE``, or this kombu cannot batch.
         """
-        if self._batch is not None:
-            raise RuntimeError("a Redis publish batch is open on this channel already")
         if not getattr(self, "supports_batch_publish", False):
             raise UncapturableError("this kombu cannot collect the commands of a publish")
-        captured: CapturedCommands = []
-        batch = self._batch = _Commands()
-        try:
-            yield captured
-        finally:
-            self._batch = None
+        batch = _Commands()
+        for routing_key, enc in messages:
+            properties = {**enc.properties, "delivery_mode": 2}
+            message = self.prepare_message(
+                enc.body, 0, enc.content_type, enc.content_encoding, enc.headers, properties
+            )
+            self._inplace_augment_message(message, routing_key, routing_key)
+            for queue in self._lookup(routing_key, routing_key):
+                self._put(queue, message, _publish_batch=batch)
         prefix = self.global_keyprefix or ""
+        captured: CapturedCommands = []
         for name, args in _merge_pushes(batch.commands):
             if name not in _CAPTURABLE:
                 raise UncapturableError(f"a publish needs Redis command {name.upper()}")
             captured.append((name, f"{prefix}{args[0]}", args[1:]))
+        return captured
 
     def _send_batch(self, commands: list[tuple[str, tuple[Any, ...]]]) -> None:
         commands = _merge_pushes(commands)

@@ -62,11 +62,13 @@ _UNCANCEL_CHUNK = 1000
 
 # KEYS: per record, its hash and its errors list; then one key per command. ARGV: the
 # record count, 'refuse' or 'skip' (what an existing record does: refuse the call, or is
-# left as it is); per record: pexpire ms ('' for none), item count, error count,
-# field/value items, errors (JSON); then per command: its name (LPUSH or PEXPIRE, a
-# broker's publish: ``create_and_push``), its argument count, its arguments after the key.
+# left as it is); per record: pexpire ms ('' for none), its fields (a JSON object of
+# texts), its errors (a JSON array of JSON texts); then per command: its name (lpush or
+# pexpire, a broker's publish: ``create_and_push``) and its arguments after the key (a
+# JSON array). JSON because redis-py packs every argument in Python: three per record
+# instead of one per field and value, and one per command instead of one per message.
 # Returns 0 when done; when refusing, the 1-based index of the first record that exists;
-# {key, type} for an LPUSH key that is not a list. Both are found before anything is
+# {key, type} for an lpush key that is not a list. Both are found before anything is
 # written: Redis does not undo a script's writes when a later command fails.
 _CREATE_SCRIPT = """
 local n, refuse = tonumber(ARGV[1]), ARGV[2] == 'refuse'
@@ -77,39 +79,37 @@ for i = 1, n do
     exists[i] = true
   end
 end
-local a = 3
-for i = 1, n do
-  a = a + 3 + tonumber(ARGV[a + 1]) + tonumber(ARGV[a + 2])
-end
+local first = 3 + 3 * n
 local k = 2 * n + 1
-while a <= #ARGV do
+for a = first, #ARGV, 2 do
   if ARGV[a] == 'lpush' then
     local kind = redis.call('TYPE', KEYS[k])['ok']
     if kind ~= 'none' and kind ~= 'list' then return {KEYS[k], kind} end
   end
-  k, a = k + 1, a + 2 + tonumber(ARGV[a + 1])
+  k = k + 1
 end
-a = 3
 for i = 1, n do
-  local key, errors = KEYS[2 * i - 1], KEYS[2 * i]
-  local items, m = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local s = a + 3
   if not exists[i] then
-    redis.call('HSET', key, unpack(ARGV, s, s + items - 1))
+    local key, errors, a = KEYS[2 * i - 1], KEYS[2 * i], 3 * i
+    local items = {}
+    for field, value in pairs(cjson.decode(ARGV[a + 1])) do
+      items[#items + 1] = field
+      items[#items + 1] = value
+    end
+    redis.call('HSET', key, unpack(items))
     redis.call('DEL', errors)
-    if m > 0 then redis.call('RPUSH', errors, unpack(ARGV, s + items, s + items + m - 1)) end
+    local errs = cjson.decode(ARGV[a + 2])
+    if #errs > 0 then redis.call('RPUSH', errors, unpack(errs)) end
     if ARGV[a] ~= '' then
       redis.call('PEXPIRE', key, ARGV[a])
       redis.call('PEXPIRE', errors, ARGV[a])
     end
   end
-  a = s + items + m
 end
 k = 2 * n + 1
-while a <= #ARGV do
-  local count = tonumber(ARGV[a + 1])
-  redis.call(ARGV[a], KEYS[k], unpack(ARGV, a + 2, a + 1 + count))
-  k, a = k + 1, a + 2 + count
+for a = first, #ARGV, 2 do
+  redis.call(ARGV[a], KEYS[k], unpack(cjson.decode(ARGV[a + 1])))
+  k = k + 1
 end
 return 0
 """
@@ -262,6 +262,15 @@ def _server_of(url: str) -> tuple[str, str, int, str, str]:
 
 def _error_json(error: AttemptError) -> str:
     return json.dumps(error.to_dict(), separators=(",", ":"))
+
+
+def _texts(columns: dict[str, Any]) -> dict[str, str]:
+    """The columns that are set, as the texts the record's hash holds."""
+    return {name: _to_text(name, value) for name, value in columns.items() if value is not None}
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _items(columns: dict[str, Any]) -> list[str]:
@@ -423,13 +432,12 @@ class RedisStore:
         for record in records:
             columns = record_columns(record, self.result_limit_bytes)
             errors = [_error_json(AttemptError.from_value(e)) for e in columns.pop("errors")]
-            items = _items(columns)
             expiry = self._expiry_ms() if record.status.value in _FINISHED_VALUES else ""
-            args += (expiry, str(len(items)), str(len(errors)), *items, *errors)
+            args += (expiry, _compact(_texts(columns)), _compact(errors))
             keys += (self._key(record.id), self._errors_key(record.id))
         for name, key, rest in commands:
             keys.append(key)
-            args += (name, str(len(rest)), *rest)
+            args += (name, _compact(rest))
         reply = self._create(keys=keys, args=args)
         if isinstance(reply, list):
             raise PushRefusedError(reply[0], reply[1])
