@@ -219,6 +219,7 @@ class Queue:
         self._middleware = MiddlewareChain(opts.middleware)
         self._broker = Broker(self.broker_url)
         self._store: JobStore | None = None
+        self._store_shares_broker: bool | None = None
         self._lock = threading.Lock()
         self._dead_letters = DeadLetters(self.name, self._broker, lambda: self.store)
         self._system = messaging_system(self._broker.spec.kind)
@@ -450,13 +451,7 @@ class Queue:
         """
         kind = self._broker.spec.kind
         create_and_push = getattr(store, "create_and_push", None)
-        same_database = getattr(store, "same_database", None)
-        if (
-            kind == "redis"
-            and create_and_push is not None
-            and same_database is not None
-            and same_database(self.broker_url)
-        ):
+        if kind == "redis" and create_and_push is not None and self._store_is_broker_db(store):
             try:
                 commands = self._broker.capture(outgoing)
             except UncapturableError:
@@ -485,6 +480,13 @@ class Queue:
                 store.delete([record.id for record in records])
             raise
         return True
+
+    def _store_is_broker_db(self, store: JobStore) -> bool:
+        """Whether ``store`` is a Redis store on the broker's own database (asked once)."""
+        if self._store_shares_broker is None:
+            same_database = getattr(store, "same_database", None)
+            self._store_shares_broker = bool(same_database and same_database(self.broker_url))
+        return self._store_shares_broker
 
     def _view(self, message: Message) -> Any:
         return job_view(job_fields(message, None))

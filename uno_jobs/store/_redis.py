@@ -64,9 +64,9 @@ _UNCANCEL_CHUNK = 1000
 # record count, 'refuse' or 'skip' (what an existing record does: refuse the call, or is
 # left as it is); per record: pexpire ms ('' for none), its fields (a JSON object of
 # texts), its errors (a JSON array of JSON texts); then per command: its name (lpush or
-# pexpire, a broker's publish: ``create_and_push``) and its arguments after the key (a
-# JSON array). JSON because redis-py packs every argument in Python: three per record
-# instead of one per field and value, and one per command instead of one per message.
+# pexpire, a broker's publish: ``create_and_push``), its argument count and its
+# arguments after the key. A record goes as JSON because redis-py packs every argument
+# in Python: three per record instead of two per field.
 # Returns 0 when done; when refusing, the 1-based index of the first record that exists;
 # {key, type} for an lpush key that is not a list. Both are found before anything is
 # written: Redis does not undo a script's writes when a later command fails.
@@ -80,13 +80,13 @@ for i = 1, n do
   end
 end
 local first = 3 + 3 * n
-local k = 2 * n + 1
-for a = first, #ARGV, 2 do
+local a, k = first, 2 * n + 1
+while a <= #ARGV do
   if ARGV[a] == 'lpush' then
     local kind = redis.call('TYPE', KEYS[k])['ok']
     if kind ~= 'none' and kind ~= 'list' then return {KEYS[k], kind} end
   end
-  k = k + 1
+  k, a = k + 1, a + 2 + tonumber(ARGV[a + 1])
 end
 for i = 1, n do
   if not exists[i] then
@@ -106,10 +106,11 @@ for i = 1, n do
     end
   end
 end
-k = 2 * n + 1
-for a = first, #ARGV, 2 do
-  redis.call(ARGV[a], KEYS[k], unpack(cjson.decode(ARGV[a + 1])))
-  k = k + 1
+a, k = first, 2 * n + 1
+while a <= #ARGV do
+  local count = tonumber(ARGV[a + 1])
+  redis.call(ARGV[a], KEYS[k], unpack(ARGV, a + 2, a + 1 + count))
+  k, a = k + 1, a + 2 + count
 end
 return 0
 """
@@ -437,7 +438,7 @@ class RedisStore:
             keys += (self._key(record.id), self._errors_key(record.id))
         for name, key, rest in commands:
             keys.append(key)
-            args += (name, _compact(rest))
+            args += (name, len(rest), *rest)
         reply = self._create(keys=keys, args=args)
         if isinstance(reply, list):
             raise PushRefusedError(reply[0], reply[1])
