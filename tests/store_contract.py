@@ -7,6 +7,7 @@ override ``assert_expiring`` where its store expires records in its own way.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -187,7 +188,9 @@ class StoreContract:
         store.apply([JobUpdate("early", "t", "q", {"status": "running", "attempts": 1})])
         running = store.get("early")
         store.create_missing([a_record("fresh"), a_record("early"), a_record("other")])  # type: ignore[attr-defined]
-        assert store.get("early") == running
+        assert running is not None and running.enqueued_at is None
+        # Kept as it was, but for the enqueue time it lacked.
+        assert store.get("early") == dataclasses.replace(running, enqueued_at=NOW)
         assert store.get("fresh") == a_record("fresh")
         assert store.get("other") == a_record("other")
         store.create_missing([])  # type: ignore[attr-defined]

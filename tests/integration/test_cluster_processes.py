@@ -270,6 +270,7 @@ def test_jobs_a_dead_worker_fetched_after_its_last_heartbeat_come_back_at_once(
                     await _until("r1 fetches the three", fetched, timeout=30)
                     procs["r1"].send_signal(signal.SIGKILL)
                     procs["r1"].wait(timeout=10)
+
                 async def r1_entry() -> ClusterMember:
                     members = await viewer.members(include_dead=True)
                     return next(m for m in members if m.worker_id == "r1")

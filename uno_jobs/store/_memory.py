@@ -126,14 +126,17 @@ class MemoryStore:
 
     def create_missing(self, records: Sequence[JobRecord]) -> None:
         """Insert the records whose id has none yet; an existing record (a worker that
-        started the job first) is left as it is."""
+        started the job first) is left as it is, but for an enqueue time it lacks."""
         rows = [record_columns(record, self.result_limit_bytes) for record in records]
         with self._data.lock:
             now = time.time()
             for row in rows:
-                if self._live(row["id"], now) is None:
+                live = self._live(row["id"], now)
+                if live is None:
                     row["expires_at"] = self._expiry(row["status"], now)
                     self._data.records[row["id"]] = row
+                elif live.get("enqueued_at") is None:
+                    live["enqueued_at"] = row["enqueued_at"]
 
     def delete(self, job_ids: Iterable[str]) -> None:
         """Remove records (used to undo ``create`` when a publish failed)."""

@@ -62,11 +62,11 @@ _UNCANCEL_CHUNK = 1000
 
 # KEYS: per record, its hash and its errors list; then one key per command. ARGV: the
 # record count, 'refuse' or 'skip' (what an existing record does: refuse the call, or is
-# left as it is); per record: pexpire ms ('' for none), its fields (a JSON object of
-# texts), its errors (a JSON array of JSON texts); then per command: its name (lpush or
-# pexpire, a broker's publish: ``create_and_push``), its argument count and its
-# arguments after the key. A record goes as JSON because redis-py packs every argument
-# in Python: three per record instead of two per field.
+# left as it is, but for an enqueue time it lacks); per record: pexpire ms ('' for
+# none), its fields (a JSON object of texts), its errors (a JSON array of JSON texts);
+# then per command: its name (lpush or pexpire, a broker's publish: ``create_and_push``),
+# its argument count and its arguments after the key. A record goes as JSON because
+# redis-py packs every argument in Python: three per record instead of two per field.
 # Returns 0 when done; when refusing, the 1-based index of the first record that exists;
 # {key, type} for an lpush key that is not a list. Both are found before anything is
 # written: Redis does not undo a script's writes when a later command fails.
@@ -89,8 +89,12 @@ while a <= #ARGV do
   k, a = k + 1, a + 2 + tonumber(ARGV[a + 1])
 end
 for i = 1, n do
-  if not exists[i] then
-    local key, errors, a = KEYS[2 * i - 1], KEYS[2 * i], 3 * i
+  local key, a = KEYS[2 * i - 1], 3 * i
+  if exists[i] then
+    local enqueued = cjson.decode(ARGV[a + 1])['enqueued_at']
+    if enqueued then redis.call('HSETNX', key, 'enqueued_at', enqueued) end
+  else
+    local errors = KEYS[2 * i]
     local items = {}
     for field, value in pairs(cjson.decode(ARGV[a + 1])) do
       items[#items + 1] = field
@@ -388,7 +392,8 @@ class RedisStore:
 
     def create_missing(self, records: Sequence[JobRecord]) -> None:
         """Insert the records whose id has none yet, in one script; an existing record
-        (a worker that started the job first) is left as it is."""
+        (a worker that started the job first) is left as it is, but for an enqueue time
+        it lacks."""
         self._run_create(records, refuse=False)
 
     def create_and_push(

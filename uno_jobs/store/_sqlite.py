@@ -122,6 +122,9 @@ _INSERT_RECORD = (
     f"VALUES ({', '.join(':' + name for name in RECORD_FIELDS)}, :expires_at)"
 )
 _INSERT_MISSING = _INSERT_RECORD.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
+_SET_ENQUEUED_AT = (
+    "UPDATE jobs SET enqueued_at = :enqueued_at WHERE id = :id AND enqueued_at IS NULL"
+)
 _CLAIM_DUE = """
 UPDATE scheduled SET available_at = ?
 WHERE job_id IN (
@@ -391,12 +394,18 @@ class SQLiteStore:
 
     def create_missing(self, records: Sequence[JobRecord]) -> None:
         """Insert the records whose id has none yet, in one transaction; an existing
-        record (a worker that started the job first) is left as it is."""
+        record (a worker that started the job first) is left as it is, but for an
+        enqueue time it lacks."""
         ids = [record.id for record in records]
         now = time.time()
         rows, errors = self._rows(records, now)
         with self._transaction() as conn:
             self._drop_expired(conn, ids, now)
+            # A record a worker made lacks the enqueue time: the one field filled in.
+            conn.executemany(_SET_ENQUEUED_AT, [r for r in rows if r["enqueued_at"] is not None])
+            if not errors:  # new jobs, the usual case: nothing to tell apart
+                conn.executemany(_INSERT_MISSING, rows)
+                return
             inserted = {row["id"] for row in rows if conn.execute(_INSERT_MISSING, row).rowcount}
             conn.executemany(_INSERT_ERROR, [e for e in errors if e[0] in inserted])
 
