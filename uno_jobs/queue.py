@@ -309,15 +309,16 @@ class Queue:
 
     def _prepare_all(self, jobs: Iterable[JobSpec]) -> list[_Prepared]:
         prepared: list[_Prepared] = []
+        traced = tracing_enabled()  # once per batch: it reads the environment each time
         try:
             for spec in jobs:
-                prepared.append(self._prepare(spec))
+                prepared.append(self._prepare(spec, traced))
         except BaseException as exc:
             _end_spans(prepared, exc)
             raise
         return prepared
 
-    def _prepare(self, spec: JobSpec) -> _Prepared:
+    def _prepare(self, spec: JobSpec, traced: bool) -> _Prepared:
         if isinstance(spec.task, Task):
             name, default_priority = spec.task.name, spec.task.priority
         elif isinstance(spec.task, str) and spec.task:
@@ -332,12 +333,12 @@ class Queue:
             raise ConfigurationError(f"job_id must be a non-empty string, got {spec.job_id!r}")
         if not isinstance(spec.args, (list, tuple)):
             raise PayloadError(f"task {name}: args must be a list or tuple, got {spec.args!r}")
-        if not isinstance(spec.kwargs, Mapping):
+        if type(spec.kwargs) is not dict and not isinstance(spec.kwargs, Mapping):
             raise PayloadError(f"task {name}: kwargs must be a mapping, got {spec.kwargs!r}")
-        message = new_message(
+        message = new_message(  # it copies args and kwargs
             name,
-            list(spec.args),
-            dict(spec.kwargs),
+            spec.args,
+            spec.kwargs,
             queue=self.name,
             priority=priority,
             job_id=spec.job_id,
@@ -351,7 +352,7 @@ class Queue:
             held_seconds = self._broker.spec.delay_seconds(routing_key, delay)
             mark_broker_delay(message.extra_headers, held_seconds)
         span = None
-        if tracing_enabled():
+        if traced:
             # Its context goes into the headers, so it is started before encoding; the
             # span ends in _send once the broker has the message (or the send failed).
             span = producer_span(self._system, self.name, message.id, name, message.extra_headers)

@@ -8,6 +8,7 @@ import uuid
 from dataclasses import fields
 from datetime import date, datetime, timezone
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from uno_jobs.message import (
     iso_from_timestamp,
     new_message,
     parse_priority,
+    random_uuid,
     timestamp_from_iso,
 )
 
@@ -482,6 +484,10 @@ def test_new_message_options() -> None:
         {"args": "abc"},
         {"args": 5},
         {"kwargs": {1: "x"}},
+        {"kwargs": MappingProxyType({"a": 1, 2: "x"})},
+        {"kwargs": ["a"]},
+        {"args": b"ab"},
+        {"args": {1, 2}},
         {"job_id": ""},
         {"job_id": "x" * 256},
         {"time_limit": 0},
@@ -494,6 +500,28 @@ def test_new_message_rejects_bad_input(kwargs: dict[str, Any]) -> None:
     call: dict[str, Any] = {"task": "t", "queue": "q", **kwargs}
     with pytest.raises(PayloadError):
         new_message(**call)
+
+
+def test_new_message_takes_any_sequence_and_mapping_and_copies_them() -> None:
+    args, kwargs = (1, [2]), MappingProxyType({"a": 1})
+    message = new_message("t", args, kwargs, queue="q")
+    assert message.args == [1, [2]] and type(message.args) is list
+    assert message.kwargs == {"a": 1} and type(message.kwargs) is dict
+    listed, mapped = [1], {"b": 2}
+    message = new_message("t", listed, mapped, queue="q")
+    assert message.args is not listed and message.kwargs is not mapped
+
+
+def test_random_uuid_is_a_version_4_uuid_in_its_usual_text_form() -> None:
+    drawn = [random_uuid() for _ in range(2000)]
+    assert len(set(drawn)) == len(drawn)
+    for text in drawn:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text
+    # Every random position varies: the variant digit takes all four of its values.
+    assert {text[19] for text in drawn} == set("89ab")
+    assert len({text[0] for text in drawn}) == 16
 
 
 def test_new_message_rejects_unknown_priority() -> None:

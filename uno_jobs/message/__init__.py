@@ -30,6 +30,7 @@ from uno_jobs.message._model import (
     iso_from_timestamp,
     new_message,
     parse_priority,
+    random_uuid,
     timestamp_from_iso,
 )
 
@@ -47,5 +48,6 @@ __all__ = [
     "iso_from_timestamp",
     "new_message",
     "parse_priority",
+    "random_uuid",
     "timestamp_from_iso",
 ]
