@@ -1,14 +1,18 @@
 """Batch publishing on uno_jobs' own channels: Redis (one pipeline, cached binding tables,
-``uno_jobs/broker/_redis_publish.py``) and the embedded broker (one ``executemany``
-transaction). What lands must be what kombu's own per-message publish writes, in order; a
-refused push fails the whole batch and the queue takes its job records back.
+``uno_jobs/broker/_redis_publish.py``) and the embedded broker (envelopes built by the
+channel's ``publish_many``, one ``executemany`` transaction). What lands must be what
+kombu's own per-message publish writes, in order; a refused push fails the whole batch and
+the queue takes its job records back.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sqlite3
+import uuid
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -16,15 +20,18 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import redis
 from conftest import REDIS_DB, REDIS_HOST, make_broker_url
-from kombu import Connection
+from kombu import Connection, Exchange
+from kombu.exceptions import ChannelError
 from kombu.messaging import Producer
 
 from uno_jobs import JobSpec, Queue
 from uno_jobs.broker import Outgoing, _redis_publish, parse_broker_url
+from uno_jobs.broker._embedded import Transport as EmbeddedTransport
 from uno_jobs.broker._publisher import PublishSession
 from uno_jobs.broker._topology import kombu_queue
+from uno_jobs.config import embedded_broker_path
 from uno_jobs.errors import BrokerUnavailableError, DuplicateJobError
-from uno_jobs.message import Encoded, encode, new_message
+from uno_jobs.message import Encoded, decode, encode, new_message
 from uno_jobs.store import open_store
 
 pytestmark = pytest.mark.integration
@@ -325,5 +332,129 @@ def test_an_error_inside_an_embedded_batch_inserts_nothing(uno_home: Path) -> No
             producer.publish(b"{}", exchange="q", routing_key="q", content_type="x/y")
             producer.publish(b"{}", exchange="q", routing_key="q", content_type="x/y")
         assert channel._size("q") == 2
+    finally:
+        session.close()
+
+
+def _embedded_rows(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every message row's envelope, by queue, in the order a consumer takes them."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT queue, payload FROM broker_messages ORDER BY id").fetchall()
+    got: dict[str, list[dict[str, Any]]] = {}
+    for queue, payload in rows:
+        got.setdefault(queue, []).append(json.loads(payload))
+    return got
+
+
+def test_an_embedded_batch_lands_as_kombus_own_publish_writes_it_in_order(
+    uno_home: Path, tmp_path: Path
+) -> None:
+    encoded = [(name, _encoded(n, pri)) for n, (name, pri) in enumerate(BATCH)]
+    # A header kombu's JSON writes as a type marker, and one with a non-ASCII value.
+    extra = {"when": datetime(2030, 1, 2, tzinfo=timezone.utc), "who": "Zoë"}
+    encoded[1] = (encoded[1][0], dataclasses.replace(encoded[1][1], headers=extra))
+    spec = parse_broker_url("embedded://")
+    session = PublishSession(spec)
+    try:
+        session.publish([Outgoing(name, enc) for name, enc in encoded])
+    finally:
+        session.close()
+    # The same messages through kombu's own Producer on the same transport, one by one
+    # (each one is kombu's basic_publish and the channel's _put), into another file.
+    theirs = tmp_path / "kombu.sqlite3"
+    with Connection(transport=EmbeddedTransport, transport_options={"path": str(theirs)}) as conn:
+        channel = conn.channel()
+        producer = Producer(channel)
+        for name, enc in encoded:
+            kombu_queue(name)(channel).declare()
+            producer.publish(
+                enc.body,
+                exchange=name,
+                routing_key=name,
+                headers=enc.headers,
+                content_type=enc.content_type,
+                content_encoding=enc.content_encoding,
+                delivery_mode=2,
+                **enc.properties,
+            )
+    ours, kombus = _embedded_rows(embedded_broker_path(spec.url)), _embedded_rows(theirs)
+    assert set(ours) == set(kombus) == {"q", "q.critical", "q.low"}
+    for queue in ours:
+        assert [_without_tag(e) for e in ours[queue]] == [_without_tag(e) for e in kombus[queue]]
+    tags = [e["properties"]["delivery_tag"] for rows in ours.values() for e in rows]
+    assert len(set(tags)) == len(BATCH)
+    assert all(uuid.UUID(tag).version == 4 for tag in tags)
+    assert [e["headers"]["argsrepr"] for e in ours["q"]] == [
+        f"[{n}]" for n, (name, _) in enumerate(BATCH) if name == "q"
+    ]
+    assert ours["q"][1]["properties"]["priority"] == 9  # a priority property is kept
+    assert ours["q.critical"][0]["headers"]["when"] == {
+        "__type__": "datetime",
+        "__value__": "2030-01-02T00:00:00+00:00",
+    }
+
+
+def test_an_embedded_batch_is_read_back_by_a_consumer_as_the_jobs_it_was(
+    uno_home: Path,
+) -> None:
+    queue = Queue("q", broker_url="embedded://")
+    try:
+        specs = [JobSpec("contract.noop", [n], {"k": "v"}) for n in range(3)]
+        handles = queue.enqueue_many_sync([*specs, JobSpec("contract.noop", priority="high")])
+        with parse_broker_url("embedded://").connection() as conn:
+            channel = conn.channel()
+            kombu_queue("q")(channel).declare()
+            messages = []
+            while (message := channel.basic_get("q", no_ack=True)) is not None:
+                messages.append(message)
+    finally:
+        queue.close()
+    decoded = [
+        decode(m.body, m.headers, m.content_type, m.content_encoding, queue="q") for m in messages
+    ]
+    assert [m.id for m in decoded] == [h.id for h in handles[:3]]
+    assert [(m.task, m.args, m.kwargs, m.priority) for m in decoded] == [
+        ("contract.noop", [n], {"k": "v"}, "normal") for n in range(3)
+    ]
+    assert all(
+        m.properties["correlation_id"] == d.id for m, d in zip(messages, decoded, strict=True)
+    )
+
+
+def test_an_embedded_batch_to_an_undeclared_or_fanout_exchange_stores_nothing(
+    uno_home: Path,
+) -> None:
+    spec = parse_broker_url("embedded://")
+    with spec.connection() as conn:
+        channel = conn.channel()
+        kombu_queue("q")(channel).declare()
+        batch = [("q", "q", _encoded(0)), ("nowhere", "nowhere", _encoded(1))]
+        with pytest.raises(ChannelError, match="no exchange 'nowhere'"):
+            channel.publish_many(batch)
+        Exchange("fan", type="fanout")(channel).declare()
+        with pytest.raises(ChannelError, match="'fan' is a fanout exchange"):
+            channel.publish_many([("q", "q", _encoded(2)), ("fan", "", _encoded(3))])
+        assert channel._size("q") == 0
+        channel.publish_many([("q", "q", _encoded(4)), ("", "q", _encoded(5))])
+        assert channel._size("q") == 2
+
+
+def test_an_embedded_batch_inside_publish_batch_is_part_of_it(uno_home: Path) -> None:
+    session = PublishSession(parse_broker_url("embedded://"))
+    try:
+        session.declare("q")
+        producer = session._ensure()
+        channel = session._channel
+        with pytest.raises(RuntimeError, match="stop"), channel.publish_batch():
+            channel.publish_many([("q", "q", _encoded(0)), ("q", "q", _encoded(1))])
+            raise RuntimeError("stop")
+        assert channel._size("q") == 0
+        with channel.publish_batch():
+            producer.publish(b"[[], {}, null]", exchange="q", routing_key="q", content_type="x/y")
+            channel.publish_many([("q", "q", _encoded(2))])
+        argsreprs = []
+        while (message := channel.basic_get("q", no_ack=True)) is not None:
+            argsreprs.append(message.headers.get("argsrepr"))
+        assert argsreprs == [None, "[2]"]
     finally:
         session.close()

@@ -30,7 +30,10 @@ Transport options (all but ``path`` optional):
 Publishing inside ``Channel.publish_batch()`` inserts the batch's rows with one
 ``executemany`` in one transaction when the block ends (its commit is the confirmation;
 consumers poll, so they see the rows at their next poll, as any insert); a lone publish is
-one autocommitted ``INSERT``.
+one autocommitted ``INSERT``. ``Channel.publish_many`` stores a batch of already encoded
+messages the same way, one transaction, without kombu's per-message ``Producer.publish``
+machinery: it writes the very envelope that path writes (routing through the channel's
+own bindings, kombu's body encoding and JSON), at a fraction of the cost per message.
 
 A consumer of several queues polls them in the order it started consuming them and takes
 from the first that has messages, like the Redis transport with
@@ -58,11 +61,11 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from queue import Empty
-from typing import Any
+from typing import Any, Protocol
 
 from kombu.exceptions import ChannelError
 from kombu.transport import virtual
@@ -70,6 +73,7 @@ from kombu.utils import json as kombu_json
 
 from uno_jobs.broker._embedded_table import MessageTable
 from uno_jobs.errors import ConfigurationError
+from uno_jobs.message import random_uuid
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT",
@@ -82,6 +86,7 @@ __all__ = [
     "Channel",
     "InvalidEnvelope",
     "Message",
+    "Publishable",
     "QoS",
     "Transport",
 ]
@@ -111,12 +116,36 @@ _VirtualMessage: Any = virtual.Message
 # kombu's JSON keeps the payload as the Redis transport stores it (bytes, dates, UUIDs).
 _dumps: Callable[[Any], str] = kombu_json.dumps
 _kombu_json_loads: Callable[[str], Any] = kombu_json.loads
+# kombu's encoder with its own settings, made once for a whole batch (``kombu_json.dumps``
+# makes one per call); without the circular-reference check, which costs a quarter of an
+# envelope's encoding: a circular header fails as RecursionError instead of ValueError.
+_BATCH_ENCODER = kombu_json.JSONEncoder(check_circular=False)
 
 
 def _loads(text: str) -> Any:
     # kombu's object hook costs a third of a delivery; only payloads that carry one of its
     # tagged values ({"__type__": ...}) need it.
     return _kombu_json_loads(text) if '"__type__"' in text else json.loads(text)
+
+
+class Publishable(Protocol):
+    """A message ready to publish, as ``Producer.publish`` takes it (``uno_jobs.message.
+    Encoded`` is one): the body, its headers, and the properties that go beside them."""
+
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def headers(self) -> Mapping[str, Any]: ...
+
+    @property
+    def properties(self) -> Mapping[str, Any]: ...
+
+    @property
+    def content_type(self) -> str: ...
+
+    @property
+    def content_encoding(self) -> str: ...
 
 
 class InvalidEnvelope(Exception):
@@ -508,6 +537,74 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
             self._table.put(*batch[0])  # one autocommitted statement, no BEGIN/COMMIT
         elif batch:
             self._table.put_many(batch)
+
+    def publish_many(
+        self, messages: Sequence[tuple[str, str, Publishable]], *, delivery_mode: int = 2
+    ) -> None:
+        """Store ``(exchange, routing_key, message)`` messages in one transaction, in order.
+
+        The rows are those ``Producer(channel).publish(body, exchange=..., routing_key=...,
+        headers=..., content_type=..., content_encoding=..., delivery_mode=...,
+        **properties)`` stores inside ``publish_batch()``: routed through this channel's
+        bindings (an exchange this process never declared raises, before anything is
+        written), the body in the channel's ``body_encoding``, kombu's envelope keys and
+        JSON, a fresh delivery tag each. They are built here without kombu's per-message
+        ``Producer`` and ``basic_publish`` work, which costs several times the insert.
+        ``properties`` must not carry ``delivery_info`` (kombu fills that in).
+
+        Raises:
+            ChannelError: An exchange is not declared in this process, or is not a direct
+                one (nothing of the batch was stored).
+            sqlite3.OperationalError: The insert failed (nothing of the batch was stored).
+        """
+        routes: dict[tuple[str, str], list[str]] = {}
+        encode = _BATCH_ENCODER.encode
+        body_encoding = self.body_encoding
+        priority = self.default_priority
+        rows: list[tuple[str, str]] = []
+        for exchange, routing_key, message in messages:
+            queues = routes.get((exchange, routing_key))
+            if queues is None:
+                queues = routes[(exchange, routing_key)] = self._direct_route(exchange, routing_key)
+            body, used_encoding = self.encode_body(message.body, body_encoding)
+            envelope = {
+                "body": body,
+                "content-encoding": message.content_encoding,
+                "content-type": message.content_type,
+                "headers": message.headers,
+                "properties": {
+                    **message.properties,
+                    "delivery_mode": delivery_mode,
+                    "delivery_info": {"exchange": exchange, "routing_key": routing_key},
+                    # kombu's Producer takes a "priority" property as its priority argument.
+                    "priority": message.properties.get("priority") or priority,
+                    "body_encoding": used_encoding,
+                    "delivery_tag": self._next_delivery_tag(),
+                },
+            }
+            text = encode(envelope)
+            for queue in queues:
+                rows.append((queue, text))
+        if self._batch is not None:  # inside publish_batch(): stored with the rest of it
+            self._batch.extend(rows)
+        elif rows:
+            self._table.put_many(rows)
+
+    def _direct_route(self, exchange: str, routing_key: str) -> list[str]:
+        """The queues a message to ``exchange`` with ``routing_key`` goes to, as kombu's
+        ``basic_publish`` routes it through a direct (or the default) exchange."""
+        queues = list(self._lookup(exchange, routing_key))  # raises if not declared
+        if exchange and (kind := self.typeof(exchange).type) != "direct":
+            raise ChannelError(
+                f"embedded broker: publish_many routes through direct exchanges only; "
+                f"{exchange!r} is a {kind} exchange"
+            )
+        return queues
+
+    def _next_delivery_tag(self) -> str:
+        # A random UUID as kombu's, made for less (one per published message). The tag
+        # stored with a row is never read back: a claim gives each delivery its own.
+        return random_uuid()
 
     def _size(self, queue: str) -> int:
         """Messages of ``queue`` available now (claimed ones: ``leased_count``)."""

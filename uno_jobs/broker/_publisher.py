@@ -6,7 +6,8 @@ its confirms are then awaited together (the channel's own ``confirm_select`` and
 ``basic_ack`` events, ``multiple`` acks included), under one deadline. On Redis the
 LPUSH reply is the confirmation, on the embedded broker the SQLite commit; there the
 channel sends a whole batch at once, in one pipeline (``_redis_publish.py``) or one
-``executemany`` transaction.
+``executemany`` transaction (the embedded channel's ``publish_many``, which builds the
+envelopes kombu's ``Producer.publish`` would, without its per-message work).
 """
 
 from __future__ import annotations
@@ -154,14 +155,11 @@ class PublishSession:
         failure: BaseException | None = None
         try:
             producer, wire = self._start(items)
-            batch: AbstractContextManager[Any] = (
-                self._channel.publish_batch() if self._batched(len(wire)) else nullcontext()
-            )
-            with batch:
-                for routing_key, enc in wire:
-                    self._publish_one(producer, routing_key, enc)
-                    if self._confirms is not None:
-                        self._confirms.next_tag()
+            if self.spec.kind == "embedded" and len(wire) > 1:
+                # The envelopes kombu's Producer would store, built and inserted at once.
+                self._channel.publish_many([(key, key, enc) for key, enc in wire])
+            else:
+                self._publish_each(producer, wire)
             if while_confirming is not None:
                 try:
                     while_confirming()
@@ -227,14 +225,20 @@ class PublishSession:
             **enc.properties,
         )
 
-    def _batched(self, count: int) -> bool:
-        """Whether to publish ``count`` messages in the channel's ``publish_batch()``: it
-        sends them at the end of the block, in one pipeline (Redis) or one transaction
-        (embedded), and raises if any of them was refused. A lone message on Redis goes
-        that way too (on the channel's kept client: kombu makes one per command); on the
-        embedded broker it is one autocommitted INSERT either way."""
-        kind = self.spec.kind
-        return kind == "redis" or (kind == "embedded" and count > 1)
+    def _publish_each(self, producer: Producer, wire: Sequence[tuple[str, Encoded]]) -> None:
+        """Publish message by message through kombu's ``Producer``. On Redis inside the
+        channel's ``publish_batch()``: it sends them at the end of the block in one
+        pipeline, and raises if any of them was refused; a lone message goes that way too
+        (on the channel's kept client: kombu makes one per command). A lone embedded
+        message is one autocommitted INSERT."""
+        batch: AbstractContextManager[Any] = (
+            self._channel.publish_batch() if self.spec.kind == "redis" else nullcontext()
+        )
+        with batch:
+            for routing_key, enc in wire:
+                self._publish_one(producer, routing_key, enc)
+                if self._confirms is not None:
+                    self._confirms.next_tag()
 
     def _check_delays(self, items: Sequence[Outgoing]) -> None:
         """A broker-held delay on a broker that cannot hold one is a bug of the caller:
