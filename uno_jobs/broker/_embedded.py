@@ -55,6 +55,7 @@ nothing of kombu.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -290,6 +291,9 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
             self._table.close()
             raise
         self._owner = f"{os.getpid()}.{secrets.token_hex(6)}"
+        # Delivery tags of published messages: a random UUID's first 72 bits, then a count.
+        self._tag_prefix = random_uuid()[:24]
+        self._tag_count = itertools.count()
         self._batch: list[tuple[str, str]] | None = None  # (queue, payload) in publish_batch
         self._held: dict[int, None] = {}  # claimed, not yet acked or handed back (ordered)
         self._no_ack_queues: set[str] = set()
@@ -602,9 +606,10 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
         return queues
 
     def _next_delivery_tag(self) -> str:
-        # A random UUID as kombu's, made for less (one per published message). The tag
-        # stored with a row is never read back: a claim gives each delivery its own.
-        return random_uuid()
+        # In the form of kombu's (a version-4 UUID), unique, made for less than a random
+        # one: the tag stored with a row is never read back (a claim gives each delivery
+        # its own, ``_decode``).
+        return f"{self._tag_prefix}{next(self._tag_count) & 0xFFFF_FFFF_FFFF:012x}"
 
     def _size(self, queue: str) -> int:
         """Messages of ``queue`` available now (claimed ones: ``leased_count``)."""

@@ -205,8 +205,8 @@ class PublishSession:
         """Connect, declare the queues of ``items`` and check them: what a publish sends."""
         self._check_delays(items)
         producer = self._ensure()
-        for item in items:
-            self.declare(item.routing_key)
+        for name in dict.fromkeys(item.routing_key for item in items):
+            self.declare(name)
         wire = [(item.routing_key, item.wire_encoded()) for item in items]
         if self._sqs_sizes is not None:
             self._sqs_sizes.check(self._channel, wire)

@@ -165,8 +165,8 @@ def random_uuid() -> str:
     """A random (version 4) UUID in its usual text form, as ``str(uuid.uuid4())`` gives.
 
     From the same 122 random bits of ``os.urandom``, formatted directly: ``uuid.UUID``
-    goes through an int and its checks, which costs three times as much, twice per job
-    (its id, and the embedded broker's delivery tag).
+    goes through an int and its checks, which costs three times as much (once per job
+    enqueued, for its id).
     """
     h = os.urandom(16).hex()
     variant = _VARIANT_DIGITS[int(h[16], 16) & 3]
