@@ -66,13 +66,14 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from queue import Empty
-from typing import Any, Protocol
+from typing import Any
 
 from kombu.exceptions import ChannelError
 from kombu.transport import virtual
 from kombu.utils import json as kombu_json
 
 from uno_jobs.broker._embedded_table import MessageTable
+from uno_jobs.broker._envelope import ENCODER, Publishable, direct_route, envelope
 from uno_jobs.errors import ConfigurationError
 from uno_jobs.message import random_uuid
 
@@ -117,36 +118,12 @@ _VirtualMessage: Any = virtual.Message
 # kombu's JSON keeps the payload as the Redis transport stores it (bytes, dates, UUIDs).
 _dumps: Callable[[Any], str] = kombu_json.dumps
 _kombu_json_loads: Callable[[str], Any] = kombu_json.loads
-# kombu's encoder with its own settings, made once for a whole batch (``kombu_json.dumps``
-# makes one per call); without the circular-reference check, which costs a quarter of an
-# envelope's encoding: a circular header fails as RecursionError instead of ValueError.
-_BATCH_ENCODER = kombu_json.JSONEncoder(check_circular=False)
 
 
 def _loads(text: str) -> Any:
     # kombu's object hook costs a third of a delivery; only payloads that carry one of its
     # tagged values ({"__type__": ...}) need it.
     return _kombu_json_loads(text) if '"__type__"' in text else json.loads(text)
-
-
-class Publishable(Protocol):
-    """A message ready to publish, as ``Producer.publish`` takes it (``uno_jobs.message.
-    Encoded`` is one): the body, its headers, and the properties that go beside them."""
-
-    @property
-    def body(self) -> bytes: ...
-
-    @property
-    def headers(self) -> Mapping[str, Any]: ...
-
-    @property
-    def properties(self) -> Mapping[str, Any]: ...
-
-    @property
-    def content_type(self) -> str: ...
-
-    @property
-    def content_encoding(self) -> str: ...
 
 
 class InvalidEnvelope(Exception):
@@ -562,31 +539,13 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
             sqlite3.OperationalError: The insert failed (nothing of the batch was stored).
         """
         routes: dict[tuple[str, str], list[str]] = {}
-        encode = _BATCH_ENCODER.encode
-        body_encoding = self.body_encoding
-        priority = self.default_priority
+        encode = ENCODER.encode
         rows: list[tuple[str, str]] = []
         for exchange, routing_key, message in messages:
             queues = routes.get((exchange, routing_key))
             if queues is None:
                 queues = routes[(exchange, routing_key)] = self._direct_route(exchange, routing_key)
-            body, used_encoding = self.encode_body(message.body, body_encoding)
-            envelope = {
-                "body": body,
-                "content-encoding": message.content_encoding,
-                "content-type": message.content_type,
-                "headers": message.headers,
-                "properties": {
-                    **message.properties,
-                    "delivery_mode": delivery_mode,
-                    "delivery_info": {"exchange": exchange, "routing_key": routing_key},
-                    # kombu's Producer takes a "priority" property as its priority argument.
-                    "priority": message.properties.get("priority") or priority,
-                    "body_encoding": used_encoding,
-                    "delivery_tag": self._next_delivery_tag(),
-                },
-            }
-            text = encode(envelope)
+            text = encode(envelope(self, exchange, routing_key, message, delivery_mode))
             for queue in queues:
                 rows.append((queue, text))
         if self._batch is not None:  # inside publish_batch(): stored with the rest of it
@@ -595,15 +554,10 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
             self._table.put_many(rows)
 
     def _direct_route(self, exchange: str, routing_key: str) -> list[str]:
-        """The queues a message to ``exchange`` with ``routing_key`` goes to, as kombu's
-        ``basic_publish`` routes it through a direct (or the default) exchange."""
-        queues = list(self._lookup(exchange, routing_key))  # raises if not declared
-        if exchange and (kind := self.typeof(exchange).type) != "direct":
-            raise ChannelError(
-                f"embedded broker: publish_many routes through direct exchanges only; "
-                f"{exchange!r} is a {kind} exchange"
-            )
-        return queues
+        try:
+            return direct_route(self, exchange, routing_key)
+        except ChannelError as exc:
+            raise ChannelError(f"embedded broker: publish_many {exc}") from None
 
     def _next_delivery_tag(self) -> str:
         # In the form of kombu's (a version-4 UUID), unique, made for less than a random

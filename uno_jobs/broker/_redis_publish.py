@@ -31,12 +31,12 @@ delivery tag, its routing through the exchange type, and ``_put``'s priority sub
   With a kombu before 5.7, or with redis-py retries configured (a replayed pipeline
   could push a batch twice: kombu's ``supports_batch_publish``), each message goes out
   on its own, as kombu sends it.
-- **``capture(messages)``**: the same routing and envelopes, but nothing is sent: it
-  returns the batch's commands with their keys as they are in Redis (global key prefix
-  included), so the caller can run them inside a script of its own (``Queue`` writes the
-  job records and pushes their messages in one atomic script when its job store is the
-  broker's Redis database). Only ``LPUSH`` and ``PEXPIRE`` are handed out this way; a
-  batch with another command (a fanout exchange's ``PUBLISH``) cannot be captured.
+- **``capture(messages)``**: the same envelopes and routing (built by ``_envelope``,
+  without kombu's per-message work), but nothing is sent: it returns the commands, keys
+  as they are in Redis (global key prefix included), for the caller to run inside a
+  script of its own (``Queue`` writes the job records and pushes their messages in one
+  atomic script when its job store is the broker's Redis database). Only ``LPUSH`` and
+  ``PEXPIRE``: a message through another type of exchange cannot be captured.
 """
 
 from __future__ import annotations
@@ -47,8 +47,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis
+from kombu.exceptions import ChannelError
 from kombu.transport import redis as kombu_redis
 
+from uno_jobs.broker._envelope import ENCODER, direct_route, envelope
 from uno_jobs.broker._publisher import CapturedCommands, UncapturableError
 from uno_jobs.message import Encoded
 
@@ -64,10 +66,6 @@ class PublishFailedError(redis.ResponseError):
     """Redis answered an error to a command of a publish batch (the first error is the
     cause). A ``ResponseError``, so one of the transport's channel errors, as the reply of a
     lone ``LPUSH`` would be."""
-
-
-# The commands whose first argument is the only key, the only ones a capture hands out.
-_CAPTURABLE = frozenset({"lpush", "pexpire"})
 
 
 class _Commands:
@@ -175,33 +173,37 @@ class PublishChannel(kombu_redis.Channel):
         """The commands that publish ``messages`` (routing key, encoded message), without
         sending them (module docstring).
 
-        The envelope is the one ``Producer.publish`` makes (persistent, priority 0, the
-        message's properties), built and routed by the channel's own kombu methods
-        (``prepare_message``, ``_inplace_augment_message``, ``_lookup``, ``_put``) without
-        the producer's per-call work, about 40 % of the cost of a message here.
+        What kombu's ``Producer.publish`` into this channel would push, where it would
+        push it: the envelope of ``_envelope.envelope`` in kombu's JSON, routed through
+        the channel's bindings (direct exchanges), to the list of its priority
+        (``_q_for_pri``), with kombu's queue-expiry ``PEXPIRE``s; built without kombu's
+        per-message work, which costs more than the store's whole create script.
 
         Raises:
-            UncapturableError: a message needs another command than ``LPUSH`` or
-                ``PEXPIRE``, or this kombu cannot batch.
+            UncapturableError: an exchange is not a direct one (a fanout's ``PUBLISH``).
         """
-        if not getattr(self, "supports_batch_publish", False):
-            raise UncapturableError("this kombu cannot collect the commands of a publish")
+        routes: dict[str, list[str]] = {}
+        encode = ENCODER.encode
         batch = _Commands()
         for routing_key, enc in messages:
-            properties = {**enc.properties, "delivery_mode": 2}
-            message = self.prepare_message(
-                enc.body, 0, enc.content_type, enc.content_encoding, enc.headers, properties
-            )
-            self._inplace_augment_message(message, routing_key, routing_key)
-            for queue in self._lookup(routing_key, routing_key):
-                self._put(queue, message, _publish_batch=batch)
+            queues = routes.get(routing_key)
+            if queues is None:
+                try:
+                    queues = routes[routing_key] = direct_route(self, routing_key, routing_key)
+                except ChannelError as exc:
+                    raise UncapturableError(f"Redis publish {exc}") from None
+            message = envelope(self, routing_key, routing_key, enc)
+            text = encode(message)
+            priority = self._get_message_priority(message, reverse=False)
+            for queue in queues:
+                batch.add("lpush", self._q_for_pri(queue, priority), text)
+                if self._expires and queue in self._expires:
+                    for step in self.priority_steps:
+                        batch.add("pexpire", self._q_for_pri(queue, step), self._expires[queue])
         prefix = self.global_keyprefix or ""
-        captured: CapturedCommands = []
-        for name, args in _merge_pushes(batch.commands):
-            if name not in _CAPTURABLE:
-                raise UncapturableError(f"a publish needs Redis command {name.upper()}")
-            captured.append((name, f"{prefix}{args[0]}", args[1:]))
-        return captured
+        return [
+            (name, f"{prefix}{args[0]}", args[1:]) for name, args in _merge_pushes(batch.commands)
+        ]
 
     def _send_batch(self, commands: list[tuple[str, tuple[Any, ...]]]) -> None:
         commands = _merge_pushes(commands)
