@@ -439,7 +439,7 @@ class RedisStore:
             columns = record_columns(record, self.result_limit_bytes)
             errors = [_error_json(AttemptError.from_value(e)) for e in columns.pop("errors")]
             expiry = self._expiry_ms() if record.status.value in _FINISHED_VALUES else ""
-            args += (expiry, _compact(_texts(columns)), _compact(errors))
+            args += (expiry, _compact(_texts(columns)), _compact(errors) if errors else "[]")
             keys += (self._key(record.id), self._errors_key(record.id))
         for name, key, rest in commands:
             keys.append(key)
