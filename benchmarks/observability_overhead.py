@@ -25,7 +25,11 @@ worker: the exact calls a consumer span needs (extract the context from the head
 ``start_span`` with its link and attributes, make it current, set the outcome, end it;
 CPU of all threads, so the BatchSpanProcessor's export thread with its protobuf encoding
 is included) for sampled and unsampled parents, and the five prometheus-client updates
-of one job. ``ceiling = off / (off + floor)`` is the best ratio any worker calling those
+of one job. The spans are flushed every ``FLOOR_CHUNK`` (the processor's batch size), in
+batches of that size as the worker's export thread sends them: left to the export thread,
+a loop that does nothing but make spans outruns it, and the processor drops what its
+queue cannot hold (about a fifth of them) without encoding them. A dropped span fails
+the floor run. ``ceiling = off / (off + floor)`` is the best ratio any worker calling those
 libraries could reach at this baseline; the report prints it beside each target.
 """
 
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import statistics
 import subprocess
@@ -65,7 +70,11 @@ class _Discard(BaseHTTPRequestHandler):
 
 
 def child(mode: str, broker: str, jobs: int) -> None:
-    """Runs in the subprocess: one measurement, printed as ``RATE <jobs/s>``."""
+    """Runs in the subprocess: one measurement, printed as ``RATE <jobs/s> <cpu> <export>``.
+
+    ``cpu``: CPU of the whole process per job while it drains (µs, every thread);
+    ``export``: the part of it in the BatchSpanProcessor's export thread (0 without one).
+    """
     from opentelemetry import trace
 
     from uno_jobs import Queue, task
@@ -81,7 +90,7 @@ def child(mode: str, broker: str, jobs: int) -> None:
     if mode in _TRACED:
         assert configure_sdk("uno-bench"), "OTEL_EXPORTER_OTLP_ENDPOINT missing"
 
-    async def run() -> float:
+    async def run() -> tuple[float, float, float]:
         queue = Queue(f"bench-observe-{uuid.uuid4().hex[:8]}", broker_url=broker)
         try:
             for start in range(0, jobs, 1000):
@@ -99,23 +108,50 @@ def child(mode: str, broker: str, jobs: int) -> None:
                 metrics_exporters=exporters,
             )
             worker.settings = {"prometheus_port": 0}
+            exporter = _export_thread_clock()
+            export_started = 0.0 if exporter is None else time.clock_gettime(exporter)
+            cpu_started = time.process_time()
             started = time.perf_counter()
             await worker.start()
             while worker.stats.processed < jobs:
                 await asyncio.sleep(0.005)
             elapsed = time.perf_counter() - started
+            cpu = time.process_time() - cpu_started
+            export = 0.0 if exporter is None else time.clock_gettime(exporter) - export_started
             await worker.shutdown()
-            return jobs / elapsed
+            return jobs / elapsed, cpu / jobs * 1e6, export / jobs * 1e6
         finally:
             await queue.delete()
             queue.close()
 
-    rate = asyncio.run(run())
+    rate, cpu_us, export_us = asyncio.run(run())
     shutdown_sdk()
-    print(f"RATE {rate:.1f}", flush=True)
+    print(f"RATE {rate:.1f} {cpu_us:.1f} {export_us:.1f}", flush=True)
+
+
+def _export_thread_clock() -> int | None:
+    """The CPU clock of the BatchSpanProcessor's export thread, if there is one."""
+    for thread in threading.enumerate():
+        if thread.name.startswith("OtelBatchSpan") and thread.ident is not None:
+            return time.pthread_getcpuclockid(thread.ident)
+    return None
 
 
 FLOOR_SPANS = 20_000
+#: The BatchSpanProcessor's batch size (``OTEL_BSP_MAX_EXPORT_BATCH_SIZE``, default 512):
+#: the floor flushes after each such chunk, so its queue never overflows.
+FLOOR_CHUNK = 512
+
+
+class _Drops(logging.Handler):
+    """Notices the processor's "Queue full, dropping" warning."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.dropped = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.dropped = self.dropped or "dropping" in record.getMessage()
 
 
 def floor_child() -> None:
@@ -126,6 +162,8 @@ def floor_child() -> None:
     from uno_jobs.tracing import configure_sdk, shutdown_sdk
 
     assert configure_sdk("uno-bench-floor"), "OTEL_EXPORTER_OTLP_ENDPOINT missing"
+    drops = _Drops()
+    logging.getLogger("opentelemetry").addHandler(drops)
     provider: Any = trace.get_tracer_provider()
     tracer = provider.get_tracer("floor")
     results = {}
@@ -139,6 +177,8 @@ def floor_child() -> None:
                 carrier["traceparent"] = carrier["traceparent"][:-2] + "00"
             producer.end()
             carriers.append(carrier)
+            if len(carriers) % FLOOR_CHUNK == 0:
+                provider.force_flush()
         provider.force_flush()
         started = time.process_time()
         for n, carrier in enumerate(carriers):
@@ -163,9 +203,12 @@ def floor_child() -> None:
             span.set_attribute("uno_jobs.outcome", "succeeded")
             context.detach(token)
             span.end()
+            if (n + 1) % FLOOR_CHUNK == 0:
+                provider.force_flush()
         provider.force_flush()
         results[sampled] = (time.process_time() - started) / FLOOR_SPANS * 1e6
     shutdown_sdk()
+    assert not drops.dropped, "the BatchSpanProcessor dropped spans: the floor would not count them"
 
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -200,7 +243,10 @@ def measure_floor(endpoint: str) -> tuple[float, float, float]:
     return sampled, unsampled, metrics_us
 
 
-def measure(mode: str, broker: str, jobs: int, endpoint: str, home: str) -> float:
+def measure(
+    mode: str, broker: str, jobs: int, endpoint: str, home: str
+) -> tuple[float, float, float]:
+    """jobs/s, CPU µs per job of the process, of its export thread."""
     env = {**os.environ, "UNO_JOBS_HOME": home}
     for name in list(env):
         if name.startswith("OTEL_"):
@@ -221,7 +267,8 @@ def measure(mode: str, broker: str, jobs: int, endpoint: str, home: str) -> floa
     lines = [line for line in done.stdout.splitlines() if line.startswith("RATE ")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"{mode} run failed:\n{done.stderr[-3000:]}")
-    return float(lines[-1].split()[1])
+    rate, cpu_us, export_us = (float(x) for x in lines[-1].split()[1:])
+    return rate, cpu_us, export_us
 
 
 def main() -> int:
@@ -242,6 +289,8 @@ def main() -> int:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     endpoint = f"http://127.0.0.1:{server.server_address[1]}"
     rates: dict[str, list[float]] = {mode: [] for mode in MODES}
+    cpus: dict[str, list[float]] = {mode: [] for mode in MODES}
+    exports: dict[str, list[float]] = {mode: [] for mode in MODES}
     floors: list[tuple[float, float, float]] = []
     print(
         f"cpus={os.cpu_count()} load={os.getloadavg()[0]:.2f} broker={args.broker} "
@@ -251,9 +300,15 @@ def main() -> int:
         for round_no in range(1, args.rounds + 1):
             order = MODES if round_no % 2 else tuple(reversed(MODES))
             for mode in order:
-                rate = measure(mode, args.broker, args.jobs, endpoint, home)
+                rate, cpu_us, export_us = measure(mode, args.broker, args.jobs, endpoint, home)
                 rates[mode].append(rate)
-                print(f"round {round_no}: {mode:>7} {rate:,.0f} jobs/s", flush=True)
+                cpus[mode].append(cpu_us)
+                exports[mode].append(export_us)
+                print(
+                    f"round {round_no}: {mode:>7} {rate:,.0f} jobs/s, CPU {cpu_us:.0f} us per "
+                    f"job (export thread {export_us:.0f})",
+                    flush=True,
+                )
             floors.append(measure_floor(endpoint))
             sampled_us, unsampled_us, metrics_us = floors[-1]
             print(
@@ -289,10 +344,12 @@ def main() -> int:
         verdict += "" if target is None else f"target >= {target:.2f})"
         failed = failed or (target is not None and ratio < target)
         ceiling = off_us / (off_us + floor_us[mode])
+        cpu_us = statistics.median(cpus[mode]) - statistics.median(cpus["off"])
         print(
             f"{mode:>8}: median {on:,.0f}/s vs off {off:,.0f}/s, ratio {ratio:.2f}, "
             f"{cost_us:.0f} us per job (libraries' floor {floor_us[mode]:.0f} us: "
-            f"ceiling {ceiling:.2f}){verdict}"
+            f"ceiling {ceiling:.2f}){verdict}; CPU {cpu_us:+.0f} us per job "
+            f"(export thread {statistics.median(exports[mode]):.0f})"
         )
     print(f"load={os.getloadavg()[0]:.2f}")
     return 1 if failed else 0

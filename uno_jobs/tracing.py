@@ -290,7 +290,9 @@ def configure_sdk(service_name: str | None = None) -> bool:
     named = str(resource.attributes.get(SERVICE_NAME, ""))
     if service_name and named.startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: service_name}))
-    provider = TracerProvider(resource=resource)
+    from uno_jobs._otel_sdk import HashedResource
+
+    provider = TracerProvider(resource=HashedResource.of(resource))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     _sdk_configured = True
