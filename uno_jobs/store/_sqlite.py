@@ -117,14 +117,15 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 _SELECT_RECORD = f"SELECT {', '.join(RECORD_FIELDS)} FROM jobs"
+# Positional parameters (a row as a tuple in _ROW_COLUMNS order): binding by name costs
+# a third more per row of a batch.
+_ROW_COLUMNS = (*RECORD_FIELDS, "expires_at")
 _INSERT_RECORD = (
-    f"INSERT INTO jobs ({', '.join(RECORD_FIELDS)}, expires_at) "
-    f"VALUES ({', '.join(':' + name for name in RECORD_FIELDS)}, :expires_at)"
+    f"INSERT INTO jobs ({', '.join(_ROW_COLUMNS)}) VALUES ({', '.join('?' * len(_ROW_COLUMNS))})"
 )
 _INSERT_MISSING = _INSERT_RECORD.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
-_SET_ENQUEUED_AT = (
-    "UPDATE jobs SET enqueued_at = :enqueued_at WHERE id = :id AND enqueued_at IS NULL"
-)
+_ID, _ENQUEUED_AT = _ROW_COLUMNS.index("id"), _ROW_COLUMNS.index("enqueued_at")
+_SET_ENQUEUED_AT = "UPDATE jobs SET enqueued_at = ? WHERE id = ? AND enqueued_at IS NULL"
 _CLAIM_DUE = """
 UPDATE scheduled SET available_at = ?
 WHERE job_id IN (
@@ -402,24 +403,28 @@ class SQLiteStore:
         with self._transaction() as conn:
             self._drop_expired(conn, ids, now)
             # A record a worker made lacks the enqueue time: the one field filled in.
-            conn.executemany(_SET_ENQUEUED_AT, [r for r in rows if r["enqueued_at"] is not None])
+            conn.executemany(
+                _SET_ENQUEUED_AT,
+                [(r[_ENQUEUED_AT], r[_ID]) for r in rows if r[_ENQUEUED_AT] is not None],
+            )
             if not errors:  # new jobs, the usual case: nothing to tell apart
                 conn.executemany(_INSERT_MISSING, rows)
                 return
-            inserted = {row["id"] for row in rows if conn.execute(_INSERT_MISSING, row).rowcount}
+            inserted = {row[_ID] for row in rows if conn.execute(_INSERT_MISSING, row).rowcount}
             conn.executemany(_INSERT_ERROR, [e for e in errors if e[0] in inserted])
 
     def _rows(
         self, records: Sequence[JobRecord], now: float
-    ) -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
-        """The ``jobs`` rows and ``job_errors`` rows of new records."""
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """The ``jobs`` rows (tuples in ``_ROW_COLUMNS`` order) and ``job_errors`` rows of
+        new records."""
         rows = []
         errors: list[tuple[Any, ...]] = []
         for record in records:
             row = record_columns(record, self.result_limit_bytes)
             row["expires_at"] = self._expiry(row["status"], now)
             errors += [_error_row(record.id, AttemptError.from_value(e)) for e in row.pop("errors")]
-            rows.append(row)
+            rows.append(tuple(row[name] for name in _ROW_COLUMNS))
         return rows, errors
 
     def _existing(self, job_ids: Sequence[str], now: float) -> set[str]:
