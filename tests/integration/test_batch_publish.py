@@ -75,6 +75,24 @@ def _encoded(n: int, kombu_priority: int | None = None) -> Encoded:
     return dataclasses.replace(enc, properties={**enc.properties, "priority": kombu_priority})
 
 
+def _kombu_publish(channel: Any, encoded: list[tuple[str, Encoded]]) -> None:
+    """Publish ``encoded`` one by one through kombu's own ``Producer`` (what uno_jobs'
+    batches must store exactly as)."""
+    producer = Producer(channel)
+    for name, enc in encoded:
+        kombu_queue(name)(channel).declare()
+        producer.publish(
+            enc.body,
+            exchange=name,
+            routing_key=name,
+            headers=enc.headers,
+            content_type=enc.content_type,
+            content_encoding=enc.content_encoding,
+            delivery_mode=2,
+            **enc.properties,
+        )
+
+
 def _without_tag(envelope: dict[str, Any]) -> dict[str, Any]:
     """An envelope without what differs per publish (kombu's random delivery tag)."""
     properties = {k: v for k, v in envelope["properties"].items() if k != "delivery_tag"}
@@ -118,20 +136,7 @@ def test_a_redis_batch_lands_as_kombus_own_publish_writes_it_in_order(
     with Connection(
         f"redis://{REDIS_HOST}/{REDIS_DB}", transport_options={"global_keyprefix": theirs}
     ) as conn:
-        channel = conn.channel()
-        producer = Producer(channel)
-        for name, enc in encoded:
-            kombu_queue(name)(channel).declare()
-            producer.publish(
-                enc.body,
-                exchange=name,
-                routing_key=name,
-                headers=enc.headers,
-                content_type=enc.content_type,
-                content_encoding=enc.content_encoding,
-                delivery_mode=2,
-                **enc.properties,
-            )
+        _kombu_publish(conn.channel(), encoded)
     keys = {
         key.decode().removeprefix(theirs)
         for key in redis_home.raw.scan_iter(match=f"{theirs}*")
@@ -363,20 +368,7 @@ def test_an_embedded_batch_lands_as_kombus_own_publish_writes_it_in_order(
     # (each one is kombu's basic_publish and the channel's _put), into another file.
     theirs = tmp_path / "kombu.sqlite3"
     with Connection(transport=EmbeddedTransport, transport_options={"path": str(theirs)}) as conn:
-        channel = conn.channel()
-        producer = Producer(channel)
-        for name, enc in encoded:
-            kombu_queue(name)(channel).declare()
-            producer.publish(
-                enc.body,
-                exchange=name,
-                routing_key=name,
-                headers=enc.headers,
-                content_type=enc.content_type,
-                content_encoding=enc.content_encoding,
-                delivery_mode=2,
-                **enc.properties,
-            )
+        _kombu_publish(conn.channel(), encoded)
     ours, kombus = _embedded_rows(embedded_broker_path(spec.url)), _embedded_rows(theirs)
     assert set(ours) == set(kombus) == {"q", "q.critical", "q.low"}
     for queue in ours:
