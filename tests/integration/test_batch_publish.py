@@ -32,7 +32,8 @@ from uno_jobs.broker._topology import kombu_queue
 from uno_jobs.config import embedded_broker_path
 from uno_jobs.errors import BrokerUnavailableError, DuplicateJobError
 from uno_jobs.message import Encoded, decode, encode, new_message
-from uno_jobs.store import open_store
+from uno_jobs.store import JobRecord, JobStatus, open_store
+from uno_jobs.store._base import PushRefusedError
 
 pytestmark = pytest.mark.integration
 
@@ -450,3 +451,16 @@ def test_an_embedded_batch_inside_publish_batch_is_part_of_it(uno_home: Path) ->
         assert argsreprs == [None, "[2]"]
     finally:
         session.close()
+
+
+def test_a_push_named_in_upper_case_is_checked_like_any_other(redis_home: RedisHome) -> None:
+    # The script tests the type of an lpush's list before writing anything; the name of
+    # the command must not get past that test by its spelling.
+    store = open_store(redis_home.store_url)
+    key = f"{redis_home.prefix}not-a-list"
+    redis_home.raw.set(key, "a string")
+    record = JobRecord("upper-1", "contract.noop", "q", JobStatus.QUEUED)
+    with pytest.raises(PushRefusedError, match="not a list"):
+        store.create_and_push([record], [("LPUSH", key, ("v",))])  # type: ignore[attr-defined]
+    assert store.get("upper-1") is None
+    assert redis_home.raw.get(key) == b"a string"

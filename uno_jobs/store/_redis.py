@@ -411,14 +411,17 @@ class RedisStore:
                 written and nothing is pushed.
             ValueError: a command other than ``LPUSH`` or ``PEXPIRE``.
         """
+        # Lower case: the script checks the type of an lpush's list by that name.
+        commands = [(name.lower(), key, rest) for name, key, rest in commands]
         for name, _, _ in commands:
-            if name.lower() not in _PUSH_COMMANDS:
+            if name not in _PUSH_COMMANDS:
                 raise ValueError(f"RedisStore.create_and_push: command {name!r} is not a push")
         self._run_create(records, refuse=True, commands=commands)
 
     def same_database(self, url: str) -> bool:
         """Whether the Redis URL ``url`` (a broker's) names this store's server and
-        database (scheme, host, port, user and database number; the query is ignored)."""
+        database (scheme, host, port, user and database: the path's number, or a ``db``
+        query parameter; other query parameters are ignored)."""
         return _server_of(url) == _server_of(self.url)
 
     def _run_create(
