@@ -17,8 +17,8 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -153,7 +153,7 @@ class PublishSession:
                 not confirm within ``confirm_timeout``.
         """
         failure: BaseException | None = None
-        try:
+        with self._failures():
             producer, wire = self._start(items)
             if self.spec.kind == "embedded" and len(wire) > 1:
                 # The envelopes kombu's Producer would store, built and inserted at once.
@@ -166,16 +166,6 @@ class PublishSession:
                 except BaseException as exc:  # reported after the confirms
                     failure = exc
             self._wait_for_confirms()
-        except BrokerUnavailableError:
-            self.close()
-            raise
-        except PayloadError:
-            raise  # nothing of the batch was sent; the session is fine
-        except Exception as exc:
-            self.close()
-            if _is_connection_problem(self._conn, exc):
-                raise BrokerUnavailableError(self.spec.display, _describe(exc)) from None
-            raise
         if failure is not None:
             raise failure
 
@@ -189,17 +179,29 @@ class PublishSession:
         """
         if self.spec.kind != "redis":
             raise UncapturableError(f"broker {self.spec.display} is not Redis")
-        try:
+        with self._failures():
             _, wire = self._start(items)
             captured: CapturedCommands = self._channel.capture(wire)
-        except (UncapturableError, PayloadError):
+        return captured
+
+    @contextmanager
+    def _failures(self) -> Iterator[None]:
+        """What a publish or capture that failed leaves: an error in what was asked for
+        (a payload too large, a message that cannot be captured) keeps the session, as
+        nothing was sent; anything else closes it, a connection problem raised as
+        ``BrokerUnavailableError`` naming the broker."""
+        try:
+            yield
+        except (PayloadError, UncapturableError):
+            raise
+        except BrokerUnavailableError:
+            self.close()
             raise
         except Exception as exc:
             self.close()
             if _is_connection_problem(self._conn, exc):
                 raise BrokerUnavailableError(self.spec.display, _describe(exc)) from None
             raise
-        return captured
 
     def _start(self, items: Sequence[Outgoing]) -> tuple[Producer, list[tuple[str, Encoded]]]:
         """Connect, declare the queues of ``items`` and check them: what a publish sends."""
