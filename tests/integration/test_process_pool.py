@@ -203,11 +203,15 @@ def test_task_that_always_kills_its_child_ends_dead_and_the_worker_goes_on(
             exiting = await queue.enqueue("proc.exit_hard", [3])
             after = await queue.enqueue("proc.pid", [7])
             assert (await after.wait(timeout=20))["value"] == 7
-            await async_wait_until(
-                lambda: queue.get_job_sync(exiting.id).worker_lost >= 1, timeout=10
-            )
+            # It is handed back and dies twice more (a child each time), then is dead.
+            with pytest.raises(JobFailedError) as info:
+                await exiting.wait(timeout=30)
+            assert info.value.status == "dead"
+            assert queue.get_job_sync(exiting.id).worker_lost == 3
+            # The pool is back to one live child and still takes jobs.
+            assert (await (await queue.enqueue("proc.pid", [8])).wait(timeout=20))["value"] == 8
+            await async_wait_until(lambda: len(worker.child_pids) == 1, timeout=10)
             assert (await worker.get_health())["status"] == "healthy"
-            assert len(worker.child_pids) == 1
 
     run(main)
 

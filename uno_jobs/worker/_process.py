@@ -350,8 +350,11 @@ class ProcessExecutor(Executor):
         child.retired = True
         how = _describe_exit(child.exitcode)
         future, child.future = child.future, None
-        if future is not None and not future.done():
-            future.set_exception(WorkerLostError(f"child pid {child.pid} {how}"))
+        if future is not None:
+            # A cancelled future: its job was abandoned a moment ago (the worker is
+            # shutting down) and its coroutine replaces the child; nothing to report.
+            if not future.done():
+                future.set_exception(WorkerLostError(f"child pid {child.pid} {how}"))
         elif not child.ready:
             self._boot_failures += 1
             delay = min(_RESPAWN_DELAY_MAX_SECONDS, 0.5 * 2**self._boot_failures)
