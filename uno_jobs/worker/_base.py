@@ -12,6 +12,7 @@ States: initialized → starting → running ⇄ paused → shutting_down → st
 from __future__ import annotations
 
 import asyncio
+import gc
 import heapq
 import itertools
 import logging
@@ -183,6 +184,7 @@ class BaseWorker:
             await asyncio.to_thread(self._observer.stop)
             raise
         self.stats.restart()
+        raise_gc_threshold(self.options.gc_threshold)
         get_plugins().worker_boot(self)
         self.state = WorkerState.RUNNING
         try:
@@ -642,6 +644,20 @@ class BaseWorker:
 
     def _job_view(self, message: Message) -> Any:
         return job_view(job_fields(message, self.worker_id))
+
+
+def raise_gc_threshold(threshold: int | None) -> None:
+    """Raise the interpreter's first collection threshold to at least ``threshold``.
+
+    Process-wide, like the worker's signal handlers; never lowered, and left alone when
+    ``threshold`` is ``None`` or automatic collection was turned off (threshold 0).
+    """
+    if threshold is None:
+        return
+    first, second, third = gc.get_threshold()
+    if 0 < first < threshold:
+        gc.set_threshold(threshold, second, third)
+        log.debug("garbage-collection threshold raised from %d to %d", first, threshold)
 
 
 def _effective_timeout(task_timeout: float | None, max_job_duration: float | None) -> float | None:

@@ -63,6 +63,12 @@ class WorkerOptions(BaseModel):
     #: Serve ``/livez`` and ``/readyz`` on this port (``None``: off; 0: any free port).
     probe_port: int | None = Field(None, ge=0, le=65535)
     probe_host: str = "127.0.0.1"
+    #: At start the worker raises the interpreter's first garbage-collection threshold
+    #: (``gc.get_threshold()[0]``, 700 by default) to at least this many objects; ``None``
+    #: leaves it alone. Objects that outlive a few jobs (spans waiting for their export,
+    #: prefetched messages) are otherwise traversed by a collection every few jobs: with
+    #: every trace sampled that was a third of the worker's time (docs/observability.md).
+    gc_threshold: int | None = Field(20_000, ge=1)
 
     @field_validator("middleware")
     @classmethod
