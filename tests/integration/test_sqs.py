@@ -10,8 +10,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import contract_tasks
+import kombu
 import pytest
 from conftest import (
     async_wait_until,
@@ -26,7 +28,7 @@ from conftest import (
 from uno_jobs import JobFailedError, JobStatus, Queue, task
 from uno_jobs.broker import Broker, Outgoing, level_queue_name
 from uno_jobs.errors import JobNotFoundError, PayloadError
-from uno_jobs.message import encode, iso_from_timestamp, new_message
+from uno_jobs.message import Encoded, encode, iso_from_timestamp, new_message
 from uno_jobs.schedule import BROKER_DELAY_HEADER
 from uno_jobs.worker import AsyncWorker
 
@@ -220,3 +222,57 @@ def test_a_message_sqs_held_runs_though_its_eta_is_a_little_ahead_of_this_clock(
                 assert queue.store.scheduled_count() == 0, "deferred in SQS, not the store"
 
     run(main)
+
+
+def test_a_dead_letter_sqs_hands_out_again_during_a_requeue_pass_is_requeued_once(
+    uno_home: Path, queue_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass that outlasts the visibility timeout sees its first message again: that
+    message, which stays on ``q.dead``, is kept once, not twice."""
+    url, cleanup = make_broker_url("sqs", visibility_timeout=1)
+    ids = [f"{queue_name}-{i}" for i in range(3)]
+    receives: list[float] = []
+    kombu_get = kombu.Queue.get
+
+    def slow_get(self: kombu.Queue, *args: Any, **kwargs: Any) -> Any:
+        message = kombu_get(self, *args, **kwargs)
+        receives.append(time.monotonic())
+        if len(receives) == 1:
+            time.sleep(1.5)  # the first message's visibility timeout runs out
+        return message
+
+    async def main() -> None:
+        async with opened(queue_name, url) as queue:
+            broker = Broker(url)
+            try:
+                broker.publish(
+                    [
+                        Outgoing(
+                            f"{queue_name}.dead",
+                            Encoded(
+                                b"[[], {}, {}]",
+                                {"id": i, "task": "t"},
+                                {"correlation_id": i},
+                                "application/json",
+                                "utf-8",
+                            ),
+                        )
+                        for i in ids
+                    ]
+                )
+            finally:
+                broker.close()
+            with monkeypatch.context() as patched:
+                patched.setattr(kombu.Queue, "get", slow_get)
+                # The first message, which stays, comes twice: it is kept once.
+                assert await queue.requeue_dead([ids[2]]) == [ids[2]]
+            assert len(receives) == 4
+            sizes = await queue.sizes()
+            assert sizes[f"{queue_name}.dead"] == 2
+            assert sizes[level_queue_name(queue_name, "normal")] == 1
+            assert await queue.requeue_dead() == ids[:2]
+
+    try:
+        run(main)
+    finally:
+        cleanup()

@@ -9,6 +9,11 @@ confirmed on RabbitMQ — and only then acks the messages it came from, so a cra
 duplicate, never a loss. A pass takes no more messages than the queue held when it began,
 so what it published back is not read again.
 
+SQS hands a message out again once its visibility timeout has run out, even to the pass
+that holds it: a pass slower than that timeout would take such a message twice and
+publish it twice. Each SQS message taken is known by its ``MessageId``; one that comes
+again is only acked (with the new receipt handle) when its batch settles.
+
 Nothing else may consume the queue during a pass: workers never consume ``q.dead``.
 """
 
@@ -106,6 +111,10 @@ class QueueSweep:
         self._queue: Any = None
         self._session: PublishSession | None = None
         self._taken: list[Any] = []
+        #: SQS ``MessageId``s this pass has taken (see the module docstring).
+        self._seen: set[str] = set()
+        #: Messages SQS handed out again during this pass (taken once, acked twice).
+        self.redelivered = 0
 
     def __enter__(self) -> QueueSweep:
         conn = self.spec.connection()
@@ -140,15 +149,40 @@ class QueueSweep:
         if self._taken:
             raise RuntimeError(f"settle the {len(self._taken)} message(s) taken before")
         batch: list[StoredMessage] = []
+        again = 0
         with self._translated():
             while self._remaining > 0 and len(batch) < limit:
                 message = self._queue.get(no_ack=False, accept=None)
                 if message is None:
                     self._remaining = 0
                     break
+                self._taken.append(message)  # acked when the batch settles, either way
+                sqs_id = _sqs_message_id(message)
+                if sqs_id is not None and sqs_id in self._seen:
+                    again += 1
+                    if again >= limit:  # only messages taken before come: end this batch
+                        break
+                    continue
+                if sqs_id is not None:
+                    self._seen.add(sqs_id)
                 self._remaining -= 1
-                self._taken.append(message)
                 batch.append(_stored(message))
+        if again:
+            self.redelivered += again
+            log.warning(
+                "dead-letter pass over %s on %s: SQS handed out %d message(s) again that "
+                "the pass had taken (the pass outlasted the visibility timeout of %g s); "
+                "each is published once",
+                self.name,
+                self.spec.display,
+                again,
+                self.spec.visibility_timeout,
+            )
+            if not batch:  # no settle follows an empty batch: ack the copies now
+                taken, self._taken = self._taken, []
+                with self._translated():
+                    for message in taken:
+                        message.ack()
         return batch
 
     def settle(self, items: Sequence[Outgoing]) -> None:
@@ -190,6 +224,18 @@ class QueueSweep:
             if self._conn is not None and _is_connection_problem(self._conn, exc):
                 raise BrokerUnavailableError(self.spec.display, _describe(exc)) from None
             raise
+
+
+def _sqs_message_id(message: Any) -> str | None:
+    """The ``MessageId`` of a message kombu's SQS channel received (the same every time
+    SQS hands the message out; the receipt handle changes), else ``None``."""
+    info = message.delivery_info or {}
+    sqs_message = info.get("sqs_message")
+    if isinstance(sqs_message, dict):
+        value = sqs_message.get("MessageId")
+        if isinstance(value, str):
+            return value
+    return None
 
 
 def _stored(message: Any) -> StoredMessage:
