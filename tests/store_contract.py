@@ -382,6 +382,23 @@ class StoreContract:
         store.create(a_record("a"))  # the id can be used again
         assert store.get("a") == a_record("a")
 
+    def test_an_update_to_an_expired_record_starts_a_new_one(
+        self, store_factory: StoreFactory
+    ) -> None:
+        store = store_factory(retention_seconds=0.2)
+        failure = {"status": "failed", "attempts": 3, "error_type": "E", "error_message": "m"}
+        store.apply([JobUpdate("a", "t", "q", failure), JobUpdate("b", "t", "q", failure)])
+        wait_for(lambda: store.get("a") is None)
+        # One id of the batch expired, the other is new: neither keeps an old field.
+        store.apply(
+            [
+                JobUpdate("a", "t2", "q", {"status": "running"}),
+                JobUpdate("c", "t", "q", {"status": "running"}),
+            ]
+        )
+        for job_id, task_name in (("a", "t2"), ("c", "t")):
+            assert store.get(job_id) == JobRecord(job_id, task_name, "q", JobStatus.RUNNING)
+
     def test_purge_trims_old_dead_letters(self, store_factory: StoreFactory) -> None:
         store = store_factory(retention_seconds=100)
         now = time.time()

@@ -352,15 +352,19 @@ class SQLiteStore:
     def _drop_expired(conn: sqlite3.Connection, job_ids: Sequence[str], now: float) -> None:
         """Delete expired rows among ``job_ids``: for the store they no longer exist."""
         for chunk in _chunks(job_ids):
-            conn.execute(
-                "DELETE FROM job_errors WHERE job_id IN (SELECT id FROM jobs "
-                f"WHERE expires_at <= ? AND id IN ({_placeholders(len(chunk))}))",
-                (now, *chunk),
-            )
-            conn.execute(
-                f"DELETE FROM jobs WHERE expires_at <= ? AND id IN ({_placeholders(len(chunk))})",
-                (now, *chunk),
-            )
+            # Found first (rarely any): the deletes then name their rows.
+            expired = [
+                row[0]
+                for row in conn.execute(
+                    f"SELECT id FROM jobs WHERE expires_at <= ? "
+                    f"AND id IN ({_placeholders(len(chunk))})",
+                    (now, *chunk),
+                )
+            ]
+            if expired:
+                marks = _placeholders(len(expired))
+                conn.execute(f"DELETE FROM job_errors WHERE job_id IN ({marks})", expired)
+                conn.execute(f"DELETE FROM jobs WHERE id IN ({marks})", expired)
 
     def create(self, record: JobRecord) -> None:
         """Insert a new record. Raises ``DuplicateJobError`` if the id exists."""
