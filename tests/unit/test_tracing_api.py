@@ -127,3 +127,28 @@ def test_tracer_is_cached_per_provider(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tracing, "_cached", None)
     first = tracing._tracer()
     assert tracing._tracer() is first
+
+
+def test_trace_headers_are_read_as_the_api_default_getter_reads_them() -> None:
+    """``extract_context``'s getter (no ABC check) gives what the API's default gives."""
+    from opentelemetry import context as otel_context
+    from opentelemetry import propagate
+
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    cases: list[dict[str, Any]] = [
+        {"traceparent": traceparent, "tracestate": "k=v", "baggage": "user=1"},
+        {"traceparent": [traceparent], "tracestate": ("a=1", "b=2")},
+        {"traceparent": traceparent.encode()},
+        {"traceparent": 12345},
+        {},
+    ]
+    for headers in cases:
+        ours = tracing.extract_context(headers)
+        try:
+            theirs = propagate.extract(headers)
+        except Exception:  # extract_context turns a failure into an empty context
+            theirs = otel_context.Context()
+        assert trace.get_current_span(ours).get_span_context() == trace.get_current_span(
+            theirs
+        ).get_span_context(), headers
+        assert dict(ours).keys() == dict(theirs).keys(), headers
