@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -279,12 +278,10 @@ class CeleryWorker:
 
     def stop(self) -> None:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+            # Killed: the tests checked what they needed, and on RabbitMQ, with its queue
+            # deleted under it, the worker took 10 s to stop after SIGTERM or SIGQUIT.
+            self.process.kill()
+            self.process.wait(10)
         self._log_file.close()
 
 
