@@ -19,10 +19,12 @@ cancelled before its delivery never runs. Dead letters are handled by
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -60,6 +62,31 @@ from uno_jobs.tasks import Task, get_default_registry
 from uno_jobs.tracing import fail_span, messaging_system, producer_span, tracing_enabled
 
 __all__ = ["JobHandle", "JobSpec", "Queue"]
+
+#: A batch of at least this many jobs is prepared and sent with the cyclic garbage
+#: collector paused (see ``_collector_paused``).
+GC_PAUSE_BATCH = 100
+
+
+@contextmanager
+def _collector_paused(count: int) -> Iterator[None]:
+    """Pause the cyclic garbage collector while a batch of ``count`` jobs is prepared
+    and sent, if it is large.
+
+    Every message, record and envelope of a batch lives until the batch is sent, so the
+    collections its allocations trigger walk them again and again: about a tenth of a
+    bulk enqueue's time. They are freed by reference counting right after, and the pause
+    lasts as long as the batch does. Small batches, and a process whose collector is off,
+    are left alone.
+    """
+    if count < GC_PAUSE_BATCH or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 @dataclass(slots=True)
@@ -289,7 +316,9 @@ class Queue:
 
     async def enqueue_many(self, jobs: Iterable[JobSpec]) -> list[JobHandle]:
         """Enqueue many jobs in one batch (one store write, confirms awaited together)."""
-        prepared = self._prepare_all(jobs)
+        specs = list(jobs)
+        with _collector_paused(len(specs)):
+            prepared = self._prepare_all(specs)
         if self._middleware:
             try:
                 for item in prepared:
@@ -297,7 +326,7 @@ class Queue:
             except BaseException as exc:
                 _end_spans(prepared, exc)
                 raise
-        handles = await asyncio.to_thread(self._send, prepared)
+        handles = await asyncio.to_thread(self._send_paused, prepared)
         if self._middleware:
             for item in prepared:
                 await self._middleware.after_enqueue(self._view(item.message))
@@ -305,7 +334,13 @@ class Queue:
 
     def enqueue_many_sync(self, jobs: Iterable[JobSpec]) -> list[JobHandle]:
         """``enqueue_many`` for sync code. Middleware hooks are not run here."""
-        return self._send(self._prepare_all(jobs))
+        specs = list(jobs)
+        with _collector_paused(len(specs)):
+            return self._send(self._prepare_all(specs))
+
+    def _send_paused(self, prepared: list[_Prepared]) -> list[JobHandle]:
+        with _collector_paused(len(prepared)):
+            return self._send(prepared)
 
     def _prepare_all(self, jobs: Iterable[JobSpec]) -> list[_Prepared]:
         prepared: list[_Prepared] = []
