@@ -113,8 +113,6 @@ class QueueSweep:
         self._taken: list[Any] = []
         #: SQS ``MessageId``s this pass has taken (see the module docstring).
         self._seen: set[str] = set()
-        #: Messages SQS handed out again during this pass (taken once, acked twice).
-        self.redelivered = 0
 
     def __enter__(self) -> QueueSweep:
         conn = self.spec.connection()
@@ -168,7 +166,6 @@ class QueueSweep:
                 self._remaining -= 1
                 batch.append(_stored(message))
         if again:
-            self.redelivered += again
             log.warning(
                 "dead-letter pass over %s on %s: SQS handed out %d message(s) again that "
                 "the pass had taken (the pass outlasted the visibility timeout of %g s); "

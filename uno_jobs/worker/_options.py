@@ -67,7 +67,8 @@ class WorkerOptions(BaseModel):
     #: (``gc.get_threshold()[0]``, 700 by default) to at least this many objects; ``None``
     #: leaves it alone. Objects that outlive a few jobs (spans waiting for their export,
     #: prefetched messages) are otherwise traversed by a collection every few jobs: with
-    #: every trace sampled that was a third of the worker's time (docs/observability.md).
+    #: every trace sampled that cost ~45 µs per job (docs/benchmarks.md, "Garbage
+    #: collection").
     gc_threshold: int | None = Field(20_000, ge=1)
 
     @field_validator("middleware")
