@@ -49,6 +49,7 @@ from uno_jobs.store._base import (
     record_from_columns,
     update_columns,
 )
+from uno_jobs.store._redis_script import ScriptRunner
 
 __all__ = ["DEFAULT_KEY_PREFIX", "RedisStore"]
 
@@ -349,7 +350,7 @@ class RedisStore:
             socket_timeout=SOCKET_TIMEOUT_SECONDS,
             retry=Retry(NoBackoff(), 0),
         )
-        self._create = self._client.register_script(_CREATE_SCRIPT)
+        self._create = ScriptRunner(self._client, _CREATE_SCRIPT)
         self._apply = self._client.register_script(_APPLY_SCRIPT)
         self._claim = self._client.register_script(_CLAIM_SCRIPT)
         self._unschedule = self._client.register_script(_UNSCHEDULE_SCRIPT)
@@ -620,4 +621,5 @@ class RedisStore:
 
     def close(self) -> None:
         """Close the connection pool."""
+        self._create.close()
         self._client.close()
