@@ -126,3 +126,39 @@ def test_the_history_is_a_list_that_shares_the_records_ttl(
     wait_for(lambda: client.exists(errors_key, f"{key_prefix}job:a") == 0)
     store.close()
     short.close()
+
+
+def test_the_quick_cancellations_read_answers_as_the_plain_one(key_prefix: str) -> None:
+    store = open_store(f"{REDIS_URL}?key_prefix={key_prefix}")
+    try:
+        assert store.cancellations_quick(None) == store.cancellations(None)  # type: ignore[attr-defined]
+        store.cancel("a", time.time())
+        store.cancel("b", time.time())
+        version, ids = store.cancellations(None)
+        assert ids == {"a", "b"}
+        assert store.cancellations_quick(None) == (version, ids)  # type: ignore[attr-defined]
+        assert store.cancellations_quick(version) == (version, None)  # type: ignore[attr-defined]
+        store.cancel("c", time.time())
+        assert store.cancellations_quick(version) == (  # type: ignore[attr-defined]
+            version + 1,
+            {"a", "b", "c"},
+        )
+    finally:
+        store.close()
+
+
+def test_a_quick_read_of_a_redis_that_is_down_gives_up_and_then_leaves_it_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = open_store("redis://127.0.0.1:1/0")
+    try:
+        assert store.cancellations_quick(None) is None  # type: ignore[attr-defined]
+        runner = store._quick_runner  # type: ignore[attr-defined]
+        calls: list[object] = []
+        monkeypatch.setattr(type(runner), "__call__", lambda self, *a: calls.append(a))
+        assert store.cancellations_quick(None) is None  # type: ignore[attr-defined]
+        assert calls == [], "no new attempt during the pause"
+        with pytest.raises(StoreUnavailableError):  # the plain read still says why
+            store.cancellations(None)
+    finally:
+        store.close()

@@ -131,3 +131,75 @@ def test_a_store_with_local_reads_is_read_on_the_event_loop_once_per_arrival() -
 
     assert asyncio.run(main()) == [False, True, False]
     assert len(store.calls) == 2, "the second read served both checks of delivery 2"
+
+
+class QuickStore(CountingStore):
+    """A store with a bounded read for the event loop (as Redis has) that can give up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quick_threads: list[int] = []
+        self.give_up = False
+
+    def cancellations_quick(
+        self, known_version: int | None
+    ) -> tuple[int, frozenset[str] | None] | None:
+        self.quick_threads.append(threading.get_ident())
+        if self.give_up:
+            return None
+        return self.inner.cancellations(known_version)
+
+    def cancellations(self, known_version: int | None) -> tuple[int, frozenset[str] | None]:
+        self.threads_of_reads.append(threading.get_ident())
+        return super().cancellations(known_version)
+
+    threads_of_reads: list[int]
+
+
+def test_a_quick_read_is_made_on_the_event_loop_and_a_given_up_one_in_a_thread() -> None:
+    store, watch = QuickStore(), CancelWatch()
+    store.threads_of_reads = []
+
+    async def main() -> list[bool]:
+        loop_thread = threading.get_ident()
+        watch.arrived(1)
+        first = await watch.is_cancelled(store, "a", 1)  # type: ignore[arg-type]
+        assert store.quick_threads == [loop_thread] and store.threads_of_reads == []
+        store.inner.cancel("b", time.time())  # cancelled before delivery 2 arrives
+        store.give_up = True  # Redis too slow: the read goes to a thread, as before
+        watch.arrived(2)
+        second = await watch.is_cancelled(store, "b", 2)  # type: ignore[arg-type]
+        assert len(store.quick_threads) == 2
+        assert len(store.threads_of_reads) == 1 and store.threads_of_reads[0] != loop_thread
+        store.give_up = False
+        store.inner.cancel("c", time.time())
+        watch.arrived(3)
+        third = await watch.is_cancelled(store, "c", 3)  # type: ignore[arg-type]
+        assert store.quick_threads[2] == loop_thread and len(store.threads_of_reads) == 1
+        return [first, second, third]
+
+    assert asyncio.run(main()) == [False, True, True]
+
+
+def test_no_quick_read_while_a_thread_read_is_on_its_way() -> None:
+    """Two reads at once could leave the older answer last: a check that comes while a
+    thread read is out waits for it instead of reading on the loop."""
+    store, watch = QuickStore(), CancelWatch()
+    store.threads_of_reads = []
+    store.give_up = True
+
+    async def main() -> list[bool]:
+        store.gate.clear()  # hold the thread read
+        watch.arrived(1)
+        first = asyncio.ensure_future(watch.is_cancelled(store, "a", 1))  # type: ignore[arg-type]
+        await asyncio.to_thread(store.entered.wait, 10)
+        store.give_up = False
+        store.inner.cancel("b", time.time())
+        watch.arrived(2)
+        second = asyncio.ensure_future(watch.is_cancelled(store, "b", 2))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        assert len(store.quick_threads) == 1, "no loop read while the thread read is out"
+        store.gate.set()
+        return [await first, await second]
+
+    assert asyncio.run(main()) == [False, True]

@@ -148,7 +148,8 @@ def test_trace_headers_are_read_as_the_api_default_getter_reads_them() -> None:
             theirs = propagate.extract(headers)
         except Exception:  # extract_context turns a failure into an empty context
             theirs = otel_context.Context()
-        assert trace.get_current_span(ours).get_span_context() == trace.get_current_span(
-            theirs
-        ).get_span_context(), headers
+        assert (
+            trace.get_current_span(ours).get_span_context()
+            == trace.get_current_span(theirs).get_span_context()
+        ), headers
         assert dict(ours).keys() == dict(theirs).keys(), headers

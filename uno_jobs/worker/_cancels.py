@@ -13,8 +13,10 @@ remembers the newest tag it covers: it began after that delivery was received, s
 every cancellation that was made before. A delivery with a newer tag waits for the next
 refresh. A store that says its reads are local (``local_reads``: SQLite in WAL mode,
 memory) is read on the event loop, at once: a lone delivery then starts without waiting
-for a thread hop there and back (about half a millisecond on an idle machine). Any other
-store (Redis, plugins) is read in a thread (``asyncio.to_thread``).
+for a thread hop there and back (about half a millisecond on an idle machine). A store
+with a read bounded to a fraction of a second (``cancellations_quick``: Redis, 0.25 s) is
+read on the loop too, unless that read gives up; then, and for any other store
+(plugins), the read is made in a thread (``asyncio.to_thread``).
 """
 
 from __future__ import annotations
@@ -54,9 +56,19 @@ class CancelWatch:
             Exception: whatever the store raised (the delivery is handed back).
         """
         self.arrived(tag)  # it has, whether or not the inbox said so
-        if self._covered < tag and getattr(store, "local_reads", False):
+        if self._covered < tag and self._refresh is None:
+            # Read here, on the loop, where the store allows it. Not while a refresh is
+            # in a thread: two reads at once could leave an older answer last.
             covers = self._latest  # every one of them arrived before this read begins
-            self._update(*store.cancellations(self._version), covers)
+            if getattr(store, "local_reads", False):
+                self._update(*store.cancellations(self._version), covers)
+            else:
+                quick = getattr(store, "cancellations_quick", None)
+                answer: tuple[int, frozenset[str] | None] | None = (
+                    None if quick is None else quick(self._version)
+                )
+                if answer is not None:
+                    self._update(answer[0], answer[1], covers)
         while self._covered < tag:
             refresh = self._refresh
             if refresh is None:
