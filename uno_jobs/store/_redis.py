@@ -255,6 +255,19 @@ def _from_text(name: str, text: str) -> Any:
     return text
 
 
+def _client(url: str, timeout: float) -> redis.Redis:
+    """A client of the store's database (the URL's query string dropped), decoding
+    replies, with ``timeout`` to connect and to read, and no retries."""
+    parts = urlsplit(url)
+    return redis.Redis.from_url(
+        urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")),
+        decode_responses=True,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
 def _server_of(url: str) -> tuple[str, str, int, str, str]:
     """What names a Redis database in a URL: scheme, host, port, user and database (the
     path's number, or a ``db`` query parameter). Two URLs that spell one database
@@ -355,14 +368,7 @@ class RedisStore:
         self.key_prefix = key_prefix
         self.retention_seconds = retention_seconds
         self.result_limit_bytes = result_limit_bytes
-        parts = urlsplit(url)
-        self._client: redis.Redis = redis.Redis.from_url(
-            urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")),
-            decode_responses=True,
-            socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
-            socket_timeout=SOCKET_TIMEOUT_SECONDS,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._client = _client(url, SOCKET_TIMEOUT_SECONDS)
         self._create = ScriptRunner(self._client, _CREATE_SCRIPT)
         self._apply = self._client.register_script(_APPLY_SCRIPT)
         self._claim = self._client.register_script(_CLAIM_SCRIPT)
@@ -644,14 +650,7 @@ class RedisStore:
             return None
         runner = self._quick_runner
         if runner is None:
-            parts = urlsplit(self.url)
-            self._quick_client = redis.Redis.from_url(
-                urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")),
-                decode_responses=True,
-                socket_connect_timeout=QUICK_READ_SECONDS,
-                socket_timeout=QUICK_READ_SECONDS,
-                retry=Retry(NoBackoff(), 0),
-            )
+            self._quick_client = _client(self.url, QUICK_READ_SECONDS)
             runner = self._quick_runner = ScriptRunner(self._quick_client, _CANCELLATIONS_SCRIPT)
         cutoff = repr(float(time.time() - self.retention_seconds))
         known = "" if known_version is None else str(known_version)
