@@ -370,7 +370,7 @@ class RedisStore:
         self.result_limit_bytes = result_limit_bytes
         self._client = _client(url, SOCKET_TIMEOUT_SECONDS)
         self._create = ScriptRunner(self._client, _CREATE_SCRIPT)
-        self._apply = self._client.register_script(_APPLY_SCRIPT)
+        self._apply = ScriptRunner(self._client, _APPLY_SCRIPT)
         self._claim = self._client.register_script(_CLAIM_SCRIPT)
         self._unschedule = self._client.register_script(_UNSCHEDULE_SCRIPT)
         self._uncancel = self._client.register_script(_UNCANCEL_SCRIPT)
@@ -664,6 +664,7 @@ class RedisStore:
     def close(self) -> None:
         """Close the connection pools."""
         self._create.close()
+        self._apply.close()
         self._client.close()
         if self._quick_runner is not None and self._quick_client is not None:
             self._quick_runner.close()
