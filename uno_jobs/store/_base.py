@@ -225,7 +225,10 @@ class JobStore(Protocol):
     Optional: a class attribute ``local_reads = True`` says a read is a short local
     operation (no network), which workers may then do on their event loop instead of in
     a thread (``CancelWatch``: it saves a thread hop before a lone delivery starts).
-    Stores without it are read in a thread.
+    A networked store may offer ``cancellations_quick(known_version)`` instead:
+    ``cancellations`` bounded to a fraction of a second, returning ``None`` when it
+    could not answer in that time (the Redis store: 0.25 s). Stores with neither are read
+    in a thread.
 
     Optional too, and used by ``Queue`` when present (every store here has them):
 

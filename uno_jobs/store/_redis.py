@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -379,6 +380,7 @@ class RedisStore:
         self._quick_client: redis.Redis | None = None
         self._quick_runner: ScriptRunner | None = None
         self._quick_paused_until = 0.0
+        self._quick_lock = threading.Lock()
         self._cancelled = f"{key_prefix}cancelled"
         self._cancel_version = f"{key_prefix}cancel_version"
         self._dead_all = f"{key_prefix}dead_letters"
@@ -648,10 +650,12 @@ class RedisStore:
         caller then reads in a thread, where a failure is raised."""
         if time.monotonic() < self._quick_paused_until:
             return None
-        runner = self._quick_runner
-        if runner is None:
-            self._quick_client = _client(self.url, QUICK_READ_SECONDS)
-            runner = self._quick_runner = ScriptRunner(self._quick_client, _CANCELLATIONS_SCRIPT)
+        with self._quick_lock:  # made on first use: only workers read this way
+            runner = self._quick_runner
+            if runner is None:
+                self._quick_client = _client(self.url, QUICK_READ_SECONDS)
+                runner = ScriptRunner(self._quick_client, _CANCELLATIONS_SCRIPT)
+                self._quick_runner = runner
         cutoff = repr(float(time.time() - self.retention_seconds))
         known = "" if known_version is None else str(known_version)
         try:

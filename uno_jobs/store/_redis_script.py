@@ -1,6 +1,8 @@
-"""One Lua script run on the Redis store's hottest path, without redis-py's command path.
+"""The Redis store's hottest Lua scripts, run without redis-py's command path.
 
-``Queue.enqueue`` on Redis is one ``EVALSHA`` of the create script. Through a redis-py
+``Queue.enqueue`` on Redis is one ``EVALSHA`` of the create script; a worker's batch of
+outcomes one of the apply script; a worker's look at the cancelled ids before a lone
+delivery one of the cancellations script (``RedisStore.cancellations_quick``). Through a redis-py
 ``Script`` that call cost ~100 µs of CPU here, most of it not Redis: a pool checkout and
 release (a lock and connection-count bookkeeping each way), the retry wrapper, and the
 encoding of every argument one by one. ``ScriptRunner`` packs the command itself and
