@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from uno_jobs.store._redis_script import ScriptRunner, pack_command
 
@@ -138,8 +140,8 @@ def test_callers_in_many_threads_each_get_their_own_reply(
 
 def test_a_server_that_is_down_raises_redis_connection_error() -> None:
     with socket_nobody_listens() as port:
-        down: redis.Redis[str] = redis.Redis(
-            port=port, socket_connect_timeout=1, decode_responses=True
+        down: redis.Redis[str] = redis.Redis(  # no retries, as the store's client
+            port=port, socket_connect_timeout=1, decode_responses=True, retry=Retry(NoBackoff(), 0)
         )
         runner = ScriptRunner(down, _source())
         try:
@@ -165,3 +167,31 @@ class socket_nobody_listens:
 
     def __exit__(self, *exc: object) -> None:
         self._sock.close()
+
+
+def test_a_forked_child_uses_its_own_connection_and_the_parents_goes_on(
+    client: redis.Redis[str], key: str
+) -> None:
+    """An application that forks after enqueueing (a pre-forking web server): the child
+    must not write on the parent's socket, or the two would read each other's replies."""
+    import os
+
+    runner = ScriptRunner(client, _source())
+    try:
+        assert runner([key], ["parent-1"])[0] == 1
+        parent_socket = runner._kept._sock  # type: ignore[union-attr]
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit status only
+            try:
+                ok = runner([key], ["child"])[0] == 2
+                ok = ok and runner._kept._sock is not parent_socket  # type: ignore[union-attr]
+                os._exit(0 if ok else 1)
+            except BaseException:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0
+        assert runner([key], ["parent-2"]) == [3, ["parent-2"]]
+        assert runner._kept._sock is parent_socket  # type: ignore[union-attr]
+        assert client.lrange(key, 0, -1) == ["parent-1", "child", "parent-2"]
+    finally:
+        runner.close()
