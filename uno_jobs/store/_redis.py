@@ -284,15 +284,6 @@ def _server_of(url: str) -> tuple[str, str, int, str, str]:
     )
 
 
-def _cancellations_reply(
-    reply: list[str], known_version: int | None
-) -> tuple[int, frozenset[str] | None]:
-    version = int(reply[0])
-    if len(reply) == 1 and version == known_version:
-        return version, None
-    return version, frozenset(reply[1:])
-
-
 def _error_json(error: AttemptError) -> str:
     return json.dumps(error.to_dict(), separators=(",", ":"))
 
@@ -634,11 +625,7 @@ class RedisStore:
 
         One Lua script: the version and the ids are read together.
         """
-        cutoff = repr(float(time.time() - self.retention_seconds))
-        known = "" if known_version is None else str(known_version)
-        keys = [self._cancelled, self._cancel_version]
-        reply = self._cancellations(keys=keys, args=[known, cutoff])
-        return _cancellations_reply(reply, known_version)
+        return self._read_cancellations(self._cancellations, known_version)
 
     def cancellations_quick(
         self, known_version: int | None
@@ -656,14 +643,24 @@ class RedisStore:
                 self._quick_client = _client(self.url, QUICK_READ_SECONDS)
                 runner = ScriptRunner(self._quick_client, _CANCELLATIONS_SCRIPT)
                 self._quick_runner = runner
-        cutoff = repr(float(time.time() - self.retention_seconds))
-        known = "" if known_version is None else str(known_version)
         try:
-            reply = runner([self._cancelled, self._cancel_version], [known, cutoff])
+            return self._read_cancellations(runner, known_version)
         except (redis.ConnectionError, redis.TimeoutError):
             self._quick_paused_until = time.monotonic() + QUICK_READ_PAUSE_SECONDS
             return None
-        return _cancellations_reply(reply, known_version)
+
+    def _read_cancellations(
+        self, script: Callable[..., Any], known_version: int | None
+    ) -> tuple[int, frozenset[str] | None]:
+        """Run the cancellations script through ``script`` (a redis-py ``Script`` or a
+        ``ScriptRunner``: both take ``keys`` and ``args``) and read its reply."""
+        cutoff = repr(float(time.time() - self.retention_seconds))
+        known = "" if known_version is None else str(known_version)
+        reply = script(keys=[self._cancelled, self._cancel_version], args=[known, cutoff])
+        version = int(reply[0])
+        if len(reply) == 1 and version == known_version:
+            return version, None
+        return version, frozenset(reply[1:])
 
     def close(self) -> None:
         """Close the connection pools."""
