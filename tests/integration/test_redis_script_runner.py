@@ -44,6 +44,14 @@ def _source() -> str:
     return PUSH.format(tag=uuid.uuid4().hex)
 
 
+@pytest.fixture
+def runner(client: redis.Redis[str]) -> Iterator[ScriptRunner]:
+    """A runner of a script new to the server, on ``client``; closed at the end."""
+    made = ScriptRunner(client, _source())
+    yield made
+    made.close()
+
+
 def test_pack_command_is_resp_of_bulk_strings() -> None:
     assert pack_command(b"SET", "k", 12, 1.5, "é") == (
         b"*5\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n12\r\n$3\r\n1.5\r\n$2\r\n\xc3\xa9\r\n"
@@ -55,56 +63,43 @@ def test_pack_command_is_resp_of_bulk_strings() -> None:
 
 
 def test_loads_an_unknown_script_and_reads_replies_as_the_client_decodes(
-    client: redis.Redis[str], key: str
+    client: redis.Redis[str], key: str, runner: ScriptRunner
 ) -> None:
-    source = _source()
-    runner = ScriptRunner(client, source)
-    try:
-        assert client.script_exists(runner._sha.decode()) == [False]
-        assert runner([key], ["a", 2, b"c", "é"]) == [4, ["a", "2", "c", "é"]]
-        assert client.script_exists(runner._sha.decode()) == [True]
-        assert runner([key], ["d"]) == [5, ["d"]]
-        assert client.lrange(key, 0, -1) == ["a", "2", "c", "é", "d"]
-    finally:
-        runner.close()
+    assert client.script_exists(runner._sha.decode()) == [False]
+    assert runner([key], ["a", 2, b"c", "é"]) == [4, ["a", "2", "c", "é"]]
+    assert client.script_exists(runner._sha.decode()) == [True]
+    assert runner([key], ["d"]) == [5, ["d"]]
+    assert client.lrange(key, 0, -1) == ["a", "2", "c", "é", "d"]
 
 
 def test_an_error_reply_raises_and_the_connection_goes_on(
-    client: redis.Redis[str], key: str
+    client: redis.Redis[str], key: str, runner: ScriptRunner
 ) -> None:
-    runner = ScriptRunner(client, _source())
-    try:
-        client.set(key, "not a list")
-        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-            runner([key], ["a"])
-        client.delete(key)
-        assert runner([key], ["a"]) == [1, ["a"]]
-    finally:
-        runner.close()
+    client.set(key, "not a list")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        runner([key], ["a"])
+    client.delete(key)
+    assert runner([key], ["a"]) == [1, ["a"]]
 
 
 def test_a_kept_connection_the_server_closed_is_made_again(
-    client: redis.Redis[str], key: str
+    client: redis.Redis[str], key: str, runner: ScriptRunner
 ) -> None:
-    runner = ScriptRunner(client, _source())
+    runner([key], ["a"])
+    kept = runner._kept
+    assert kept is not None
+    # The server drops it (as an idle timeout or a restart would).
+    name = f"runner-{uuid.uuid4().hex}"
+    kept.send_command("CLIENT", "SETNAME", name)
+    kept.read_response()
+    other: redis.Redis[str] = redis.Redis.from_url(URL, decode_responses=True)
     try:
-        runner([key], ["a"])
-        kept = runner._kept
-        assert kept is not None
-        # The server drops it (as an idle timeout or a restart would).
-        name = f"runner-{uuid.uuid4().hex}"
-        kept.send_command("CLIENT", "SETNAME", name)
-        kept.read_response()
-        other: redis.Redis[str] = redis.Redis.from_url(URL, decode_responses=True)
-        try:
-            ids = [c["id"] for c in other.client_list() if c["name"] == name]
-            assert len(ids) == 1
-            assert other.client_kill_filter(_id=ids[0]) == 1
-        finally:
-            other.close()
-        assert runner([key], ["b"]) == [2, ["b"]]
+        ids = [c["id"] for c in other.client_list() if c["name"] == name]
+        assert len(ids) == 1
+        assert other.client_kill_filter(_id=ids[0]) == 1
     finally:
-        runner.close()
+        other.close()
+    assert runner([key], ["b"]) == [2, ["b"]]
 
 
 def test_callers_in_many_threads_each_get_their_own_reply(
@@ -170,28 +165,24 @@ class socket_nobody_listens:
 
 
 def test_a_forked_child_uses_its_own_connection_and_the_parents_goes_on(
-    client: redis.Redis[str], key: str
+    client: redis.Redis[str], key: str, runner: ScriptRunner
 ) -> None:
     """An application that forks after enqueueing (a pre-forking web server): the child
     must not write on the parent's socket, or the two would read each other's replies."""
     import os
 
-    runner = ScriptRunner(client, _source())
-    try:
-        assert runner([key], ["parent-1"])[0] == 1
-        parent_socket = runner._kept._sock  # type: ignore[union-attr]
-        pid = os.fork()
-        if pid == 0:  # the child: report through the exit status only
-            try:
-                ok = runner([key], ["child"])[0] == 2
-                ok = ok and runner._kept._sock is not parent_socket  # type: ignore[union-attr]
-                os._exit(0 if ok else 1)
-            except BaseException:
-                os._exit(2)
-        _, status = os.waitpid(pid, 0)
-        assert os.WEXITSTATUS(status) == 0
-        assert runner([key], ["parent-2"]) == [3, ["parent-2"]]
-        assert runner._kept._sock is parent_socket  # type: ignore[union-attr]
-        assert client.lrange(key, 0, -1) == ["parent-1", "child", "parent-2"]
-    finally:
-        runner.close()
+    assert runner([key], ["parent-1"])[0] == 1
+    parent_socket = runner._kept._sock  # type: ignore[union-attr]
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        try:
+            ok = runner([key], ["child"])[0] == 2
+            ok = ok and runner._kept._sock is not parent_socket  # type: ignore[union-attr]
+            os._exit(0 if ok else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert runner([key], ["parent-2"]) == [3, ["parent-2"]]
+    assert runner._kept._sock is parent_socket  # type: ignore[union-attr]
+    assert client.lrange(key, 0, -1) == ["parent-1", "child", "parent-2"]
