@@ -306,6 +306,20 @@ def test_our_message_runs_on_celery(app: Any, recorder: _Recorder, queue_name: s
     assert seen["traceparent"] == "00-aaaa-bbbb-01"
 
 
+@pytest.mark.parametrize("task_ignores_result", [False, True])
+def test_the_celery_tasks_own_ignore_result_decides(
+    app: Any, queue_name: str, task_ignores_result: bool
+) -> None:
+    # uno_jobs sends no ignore_result header: a Celery worker falls back to the task's
+    # setting, as it does for a Celery producer that left the option unset.
+    app.tasks[TASK].ignore_result = task_ignores_result
+    request, _ = _celery_receives(
+        app, _deliver(new_message(TASK, [1], queue=queue_name), queue_name)
+    )
+    assert "ignore_result" not in request.request_dict
+    assert request.ignore_result is task_ignores_result
+
+
 def test_our_eta_is_honoured_by_celery(app: Any, recorder: _Recorder, queue_name: str) -> None:
     eta = datetime.now(timezone.utc) + timedelta(hours=1)
     message = new_message(TASK, [eta], queue=queue_name, eta=eta)

@@ -59,16 +59,12 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
 _REPR_MAX_CHARS = 1024
 _DEAD_ERROR_MAX_BYTES = 1024
 
-# Headers that Celery 5 sends and a Celery worker reads; sent with these values unless
-# the message carries its own (a job that came from Celery keeps what Celery set).
-_CELERY_DEFAULT_HEADERS: dict[str, Any] = {
-    "lang": "py",
-    "shadow": None,
-    "group_index": None,
-    "ignore_result": False,
-    "replaced_task_nesting": 0,
-    "stamped_headers": None,
-}
+# Celery 5's producer also sends ``shadow``, ``group_index``, ``ignore_result``,
+# ``replaced_task_nesting``, ``stamped_headers`` and ``stamps``, each at a value a Celery
+# worker assumes when the header is missing; uno_jobs leaves them out (each costs py-amqp
+# time on every publish and decode). ``ignore_result`` matters: a missing one lets the
+# Celery task's own setting decide, where ``False`` would make it store its result. A
+# message that came from Celery keeps what Celery set, through ``extra_headers``.
 
 # Headers the broker or kombu's transport set on delivery. They describe that delivery
 # only; sending ``compression`` back with an uncompressed body would even break it.
@@ -185,8 +181,7 @@ def encode(message: Message, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> E
             f"{len(body)} bytes, over the limit of {max_bytes} bytes"
         )
     headers = {
-        **_CELERY_DEFAULT_HEADERS,
-        "stamps": {},
+        "lang": "py",
         **message.extra_headers,
         "task": message.task,
         "id": message.id,
@@ -199,9 +194,12 @@ def encode(message: Message, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> E
         "parent_id": message.parent_id,
         "origin": message.origin,
         "uno_enqueued_at": message.enqueued_at,
-        "uno_worker_lost": message.worker_lost,
         "uno_priority": message.priority,
     }
+    if message.worker_lost:
+        headers["uno_worker_lost"] = message.worker_lost
+    else:
+        headers.pop("uno_worker_lost", None)
     headers.pop("compression", None)
     # A repr a producer chose (Celery lets it hide secrets there) is kept as sent.
     if "argsrepr" not in headers:
