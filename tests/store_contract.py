@@ -195,6 +195,16 @@ class StoreContract:
         assert store.get("other") == a_record("other")
         store.create_missing([])  # type: ignore[attr-defined]
 
+    def test_create_missing_of_one_record_a_worker_wrote_first(self, store: JobStore) -> None:
+        # A lone record (a single enqueue) takes a shorter path than a batch.
+        store.apply([JobUpdate("early", "t", "q", {"status": "running", "attempts": 1})])
+        running = store.get("early")
+        assert running is not None
+        store.create_missing([a_record("early")])  # type: ignore[attr-defined]
+        assert store.get("early") == dataclasses.replace(running, enqueued_at=NOW)
+        store.create_missing([a_record("alone")])  # type: ignore[attr-defined]
+        assert store.get("alone") == a_record("alone")
+
     def test_create_missing_keeps_the_errors_of_a_kept_record(self, store: JobStore) -> None:
         store.apply([JobUpdate("kept", "t", "q", {"status": "running"})])
         store.create_missing([a_full_record("kept"), a_full_record("new")])  # type: ignore[attr-defined]

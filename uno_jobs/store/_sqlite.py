@@ -404,7 +404,17 @@ class SQLiteStore:
         ids = [record.id for record in records]
         now = time.time()
         rows, errors = self._rows(records, now)
+        # New ids, the usual case: an insert that adds every row is all there is to do
+        # (no row of these ids existed, expired or not). One record goes without an
+        # explicit transaction: one statement is one transaction. A short count goes on
+        # below, which leaves the rows just added as they are.
+        if not errors and len(rows) == 1:
+            if self._connections.get().execute(_INSERT_MISSING, rows[0]).rowcount == 1:
+                return
         with self._transaction() as conn:
+            if not errors and len(rows) > 1:
+                if conn.executemany(_INSERT_MISSING, rows).rowcount == len(rows):
+                    return
             self._drop_expired(conn, ids, now)
             # A record a worker made lacks the enqueue time: the one field filled in.
             conn.executemany(
