@@ -36,7 +36,7 @@ from typing import Any
 
 from benchmarks import _latency
 from uno_jobs import AsyncWorker, JobSpec, Queue, SyncWorker, ThreadPoolWorker
-from uno_jobs.worker import BaseWorker, ProcessPoolWorker, WorkerState
+from uno_jobs.worker import BaseWorker, WorkerState
 
 ENQUEUE_BATCH = 1_000
 WORKER_BATCH_SIZE = 100
@@ -128,6 +128,8 @@ def _make_worker(kind: str, broker: str, queue_name: str) -> BaseWorker:
             max_threads=THREADS,
         )
     if kind == "process":
+        from uno_jobs.worker import ProcessPoolWorker  # not loaded by the other kinds
+
         return ProcessPoolWorker(
             queue_name=queue_name,
             broker_url=broker,

@@ -5,6 +5,8 @@ workers take them off, run the task and record the outcome. Messages use Celery'
 protocol v2, so Celery producers and workers interoperate.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from uno_jobs.errors import (
     BrokerUnavailableError,
     ConfigurationError,
@@ -24,7 +26,10 @@ from uno_jobs.plugins import hookimpl
 from uno_jobs.queue import JobHandle, JobSpec, Queue
 from uno_jobs.store import JobRecord, JobStatus
 from uno_jobs.tasks import Task, TaskRegistry, task
-from uno_jobs.worker import AsyncWorker, ProcessPoolWorker, SyncWorker, ThreadPoolWorker
+from uno_jobs.worker import AsyncWorker, SyncWorker, ThreadPoolWorker
+
+if TYPE_CHECKING:
+    from uno_jobs.worker import ProcessPoolWorker
 
 __version__ = "0.1.0"
 
@@ -57,3 +62,12 @@ __all__ = [
     "hookimpl",
     "task",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded on first use, with the process machinery (uno_jobs.worker does the same).
+    if name == "ProcessPoolWorker":
+        from uno_jobs.worker import ProcessPoolWorker
+
+        return ProcessPoolWorker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

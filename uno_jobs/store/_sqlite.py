@@ -409,12 +409,13 @@ class SQLiteStore:
         # explicit transaction: one statement is one transaction. A short count goes on
         # below, which leaves the rows just added as they are.
         if not errors and len(rows) == 1:
-            if self._connections.get().execute(_INSERT_MISSING, rows[0]).rowcount == 1:
+            conn = self._connections.get()
+            if conn.execute(_INSERT_MISSING, rows[0]).rowcount == 1:
                 return
         with self._transaction() as conn:
-            if not errors and len(rows) > 1:
-                if conn.executemany(_INSERT_MISSING, rows).rowcount == len(rows):
-                    return
+            many = not errors and len(rows) > 1
+            if many and conn.executemany(_INSERT_MISSING, rows).rowcount == len(rows):
+                return
             self._drop_expired(conn, ids, now)
             # A record a worker made lacks the enqueue time: the one field filled in.
             conn.executemany(

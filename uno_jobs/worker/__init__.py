@@ -3,10 +3,10 @@
 See ``../shared/spec/WORKERS.md`` for the user-facing specification.
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from uno_jobs.worker._base import BaseWorker, WorkerState
-from uno_jobs.worker._distributed import DistributedWorker, DistributedWorkerOptions
 from uno_jobs.worker._executors import JobTimeLimitExceeded
 from uno_jobs.worker._options import (
     AsyncWorkerOptions,
@@ -14,8 +14,6 @@ from uno_jobs.worker._options import (
     ThreadPoolWorkerOptions,
     WorkerOptions,
 )
-from uno_jobs.worker._pool import WorkerPool, WorkerPoolOptions
-from uno_jobs.worker._process import ProcessPoolWorker, ProcessPoolWorkerOptions
 from uno_jobs.worker._types import AsyncWorker, SyncWorker, ThreadPoolWorker
 
 __all__ = [
@@ -40,12 +38,27 @@ __all__ = [
 
 if TYPE_CHECKING:
     from uno_jobs.coordination import WorkerCoordinator
+    from uno_jobs.worker._distributed import DistributedWorker, DistributedWorkerOptions
+    from uno_jobs.worker._pool import WorkerPool, WorkerPoolOptions
+    from uno_jobs.worker._process import ProcessPoolWorker, ProcessPoolWorkerOptions
+
+# Loaded on first use, so a process that runs one in-process worker does not hold their
+# code (the coordinator also needs redis-py: ~18 MB and 0.2 s to import).
+_LAZY = {
+    "WorkerCoordinator": "uno_jobs.coordination",
+    "DistributedWorker": "uno_jobs.worker._distributed",
+    "DistributedWorkerOptions": "uno_jobs.worker._distributed",
+    "WorkerPool": "uno_jobs.worker._pool",
+    "WorkerPoolOptions": "uno_jobs.worker._pool",
+    "ProcessPoolWorker": "uno_jobs.worker._process",
+    "ProcessPoolWorkerOptions": "uno_jobs.worker._process",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # The coordinator needs redis-py (~18 MB and 0.2 s to import): loaded on first use.
-    if name == "WorkerCoordinator":
-        from uno_jobs.coordination import WorkerCoordinator
-
-        return WorkerCoordinator
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -32,7 +32,7 @@ import threading
 from collections.abc import Iterator
 
 from uno_jobs.errors import ConfigurationError
-from uno_jobs.worker import BaseWorker, ProcessPoolWorker
+from uno_jobs.worker import BaseWorker
 
 __all__ = ["MULTIPROC_ENV", "children_directory", "locked", "prometheus_imported"]
 
@@ -50,6 +50,13 @@ def prometheus_imported() -> bool:
     return "prometheus_client" in sys.modules
 
 
+def _is_process_pool(worker: BaseWorker) -> bool:
+    # Without importing it: uno_jobs loads ProcessPoolWorker's module (and its process
+    # machinery) on first use, and no instance exists before that.
+    module = sys.modules.get("uno_jobs.worker._process")
+    return module is not None and isinstance(worker, module.ProcessPoolWorker)
+
+
 def children_directory(worker: BaseWorker) -> str | None:
     """The directory ``worker``'s children write their metrics to; ``None``: no children.
 
@@ -61,7 +68,7 @@ def children_directory(worker: BaseWorker) -> str | None:
         ConfigurationError: ``PROMETHEUS_MULTIPROC_DIR`` names something that is not a
             directory.
     """
-    if not isinstance(worker, ProcessPoolWorker):
+    if not _is_process_pool(worker):
         return None
     path = os.environ.get(MULTIPROC_ENV, "")
     if path:
