@@ -279,6 +279,48 @@ def test_a_fetch_reply_lost_with_its_connection_comes_back(redis_home: Isolated)
         assert all(m.delivery_info.get("redelivered") for m in received)
 
 
+def test_a_sweep_that_dies_holding_its_lock_holds_restores_back_for_seconds(
+    redis_home: Isolated, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep holds a lock key around its restores. A sweep whose connection dies with
+    the lock taken leaves the key behind (a lost reply to the lock's SET or release does
+    the same); with kombu's expiry of 300 s no consumer would restore anything for five
+    minutes."""
+    with channel_on(redis_home.url) as (conn, channel):
+        publish(channel, "q", {"n": 1})
+        consume(channel, prefetch=10)
+
+        def lose_the_reply() -> None:
+            channel.client.connection.disconnect()
+            raise redis.ConnectionError("connection cut before the reply was read")
+
+        channel.handlers["BRPOP"] = lose_the_reply
+        with pytest.raises(redis.ConnectionError):
+            drain_until(conn, lambda: False, timeout=5)
+        assert len(redis_home.unacked()) == 1
+
+    def cut(*args: Any, **kwargs: Any) -> None:
+        raise redis.ConnectionError("connection cut during the sweep")
+
+    with channel_on(redis_home.url) as (conn, channel):
+        time.sleep(1.1)  # the message is past its visibility timeout
+        with monkeypatch.context() as patch:
+            patch.setattr(channel.qos, "restore_by_tag", cut)
+            patch.setattr(redis.lock.Lock, "release", cut)
+            with pytest.raises(redis.ConnectionError):
+                channel.qos.restore_visible(num=10, interval=1)
+        lock = redis_home.key("unacked_mutex")
+        assert 0 < redis_home.raw.pttl(lock) <= 5000, "left behind, with a short expiry"
+        assert len(redis_home.unacked()) == 1
+        left_at = time.monotonic()
+
+    with channel_on(redis_home.url) as (conn, channel):
+        received = consume(channel, prefetch=10)
+        drain_until(conn, lambda: len(received) == 1, timeout=15)
+        assert received[0].payload == {"n": 1}
+        assert time.monotonic() - left_at < 8
+
+
 def test_a_fetch_on_its_way_at_close_is_handed_back_in_order(redis_home: Isolated) -> None:
     with channel_on(redis_home.url) as (conn, channel):
         for i in range(5):

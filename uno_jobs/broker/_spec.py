@@ -49,6 +49,9 @@ DEFAULT_CONFIRM_TIMEOUT = 10.0
 # RabbitMQ's default consumer_timeout (30 minutes); the broker's setting is not readable
 # over AMQP, so a raised one is told to uno_jobs with ?consumer_timeout=SECONDS.
 DEFAULT_CONSUMER_TIMEOUT = 1800.0
+# The expiry of the Redis sweep's lock (see the transport options below); a sweep of a
+# few hundred restores takes milliseconds.
+RESTORE_LOCK_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,12 @@ class BrokerSpec:
             # fetch script always does this; kombu's own polling honours the option).
             "queue_order_strategy": "priority",
             "unacked_restore_throttle": 1,
+            # kombu's sweep holds a lock key around its restores, with this expiry. A
+            # worker killed mid-sweep, or a connection cut while the lock is taken or
+            # released, leaves the key behind: with kombu's 300 s every restore of every
+            # consumer waits five minutes. Each restore is a transaction on the unacked
+            # hash, so two sweeps at once restore nothing twice: the lock only saves work.
+            "unacked_mutex_expire": RESTORE_LOCK_SECONDS,
             # A poll connection whose reply is overdue by more than brpop_timeout (1 s) +
             # health_check_interval is dropped and made again: a dead socket is noticed in
             # seconds instead of kombu's default 26.
