@@ -531,6 +531,39 @@ def test_max_failures_stops_the_worker_with_exit_code_3(queue_name: str, uno_hom
         cleanup()
 
 
+def test_max_failures_starts_no_job_after_the_decision(
+    queue_name: str, uno_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shutdown that max_failures asks for runs as a task of its own. A delivery that
+    reaches the loop before that task runs (here the task waits 0.5 s, as on a loaded
+    machine) goes back to the broker instead of starting one job more."""
+    url, cleanup = make_broker_url("embedded")
+    real_shutdown = BaseWorker.shutdown
+
+    async def late_shutdown(self: BaseWorker, wait: bool = True) -> None:
+        await asyncio.sleep(0.5)
+        await real_shutdown(self, wait)
+
+    monkeypatch.setattr(BaseWorker, "shutdown", late_shutdown)
+
+    async def main() -> None:
+        async with opened(queue_name, url) as queue:
+            failing = [await queue.enqueue("contract.fail", [f"f{i}"]) for i in range(5)]
+            worker = make_worker(get_worker_type("sync"), queue, max_failures=2, prefetch=False)
+            await worker.start()
+            await asyncio.wait_for(worker.wait_stopped(), timeout=20)
+            assert worker.exit_code == 3
+            statuses = [(await queue.get_job(j.id)).status for j in failing]
+            assert statuses.count(JobStatus.FAILED) == 2
+            assert statuses.count(JobStatus.QUEUED) == 3
+            assert await queue.size() == 3
+
+    try:
+        run(main)
+    finally:
+        cleanup()
+
+
 def test_time_limits_stop_the_job(
     broker_url: str, worker_type: type[BaseWorker], queue_name: str, tmp_path: Path
 ) -> None:

@@ -144,6 +144,9 @@ class BaseWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: deque[Delivery] = deque()
         self._inbox_scheduled = False
+        # Set when the worker decides to stop itself (max_failures): from then on no job
+        # starts, though the shutdown task it spawns has not run yet.
+        self._stopping = False
         self._buffer: list[tuple[int, int, Delivery]] = []
         self._seq = itertools.count()
         self._running: dict[int, _Run] = {}
@@ -426,7 +429,7 @@ class BaseWorker:
         self._traced = tracing_enabled()
         inbox = self._inbox
         # Deliveries can arrive while start() finishes: keep them, they start once running.
-        accepting = self.state in (WorkerState.RUNNING, WorkerState.STARTING)
+        accepting = self.state in (WorkerState.RUNNING, WorkerState.STARTING) and not self._stopping
         while inbox:
             delivery = inbox.popleft()
             self._cancels.arrived(delivery.tag)
@@ -438,7 +441,7 @@ class BaseWorker:
         self._fill_slots()
 
     def _fill_slots(self) -> None:
-        if self.state != WorkerState.RUNNING:
+        if self.state != WorkerState.RUNNING or self._stopping:
             return
         assert self._loop is not None and self._idle is not None
         while self._buffer and len(self._running) < self.concurrency:
@@ -640,6 +643,7 @@ class BaseWorker:
                 limit,
             )
             self.exit_code = 3
+            self._stopping = True  # a delivery may reach the loop before shutdown() runs
             self._spawn(self.shutdown())
 
     def _job_view(self, message: Message) -> Any:
