@@ -584,9 +584,10 @@ class Queue:
         - ``queued`` or ``retrying``: its message is on the broker; the worker that
           receives it dead-letters it (reason ``cancelled``) instead of running it.
         - ``scheduled``: its message is on the broker, held back until due (an SQS
-          delay of up to 15 minutes, ``DelaySeconds``), or a worker is publishing it
-          right now; as for ``queued``: it stays ``scheduled`` until it is delivered,
-          then it is dead-lettered ``cancelled``.
+          delay of up to 15 minutes, ``DelaySeconds``), or a worker is publishing it or
+          putting it in the schedule (a retry delay) right now; as for ``queued``: it
+          stays ``scheduled`` until it is delivered, then it is dead-lettered
+          ``cancelled``.
         - ``running``: not interrupted; no further attempt will start.
         - a finished status: it finished between the check and the cancellation.
 

@@ -162,8 +162,14 @@ def test_cancelling_a_job_waiting_for_its_retry(
         async with opened(queue_name, broker_url) as queue:
             async with running(worker_for(queue)):
                 job = await queue.enqueue("contract.flaky_hourly", [str(tmp_path), "r", 1])
+                # The worker writes the status, then the schedule entry: between the two a
+                # cancel answers "scheduled" (and the job is dead-lettered when it is due).
                 await async_wait_until(
-                    lambda: queue.get_job_sync(job.id).status == JobStatus.SCHEDULED, timeout=15
+                    lambda: (
+                        queue.get_job_sync(job.id).status == JobStatus.SCHEDULED
+                        and queue.store.scheduled_count() == 1
+                    ),
+                    timeout=15,
                 )
                 assert await queue.cancel(job.id) == JobStatus.DEAD
                 await assert_dead(queue, job.id, "cancelled")
