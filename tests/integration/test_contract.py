@@ -513,18 +513,24 @@ def test_higher_priority_levels_start_first(broker_url: str, queue_name: str) ->
     run(main)
 
 
+async def _fail_until_max_failures(queue: Queue, jobs: int, max_failures: int) -> list[JobStatus]:
+    """Enqueue ``jobs`` failing jobs and run a sync worker with ``max_failures`` (no
+    prefetch) until it stops itself with exit code 3; returns the jobs' statuses."""
+    failing = [await queue.enqueue("contract.fail", [f"f{i}"]) for i in range(jobs)]
+    worker = make_worker(get_worker_type("sync"), queue, max_failures=max_failures, prefetch=False)
+    await worker.start()
+    await asyncio.wait_for(worker.wait_stopped(), timeout=20)
+    assert worker.exit_code == 3
+    return [(await queue.get_job(j.id)).status for j in failing]
+
+
 def test_max_failures_stops_the_worker_with_exit_code_3(queue_name: str, uno_home: Path) -> None:
     url, cleanup = make_broker_url("embedded")
 
     async def main() -> None:
         async with opened(queue_name, url) as queue:
             bad = await queue.enqueue("no_such_task")  # dead letters do not count
-            failing = [await queue.enqueue("contract.fail", [f"f{i}"]) for i in range(6)]
-            worker = make_worker(get_worker_type("sync"), queue, max_failures=3, prefetch=False)
-            await worker.start()
-            await asyncio.wait_for(worker.wait_stopped(), timeout=20)
-            assert worker.exit_code == 3
-            statuses = [(await queue.get_job(j.id)).status for j in failing]
+            statuses = await _fail_until_max_failures(queue, jobs=6, max_failures=3)
             assert statuses.count(JobStatus.FAILED) == 3
             assert statuses.count(JobStatus.QUEUED) == 3, "the rest wait for another worker"
             assert (await queue.get_job(bad.id)).status == JobStatus.DEAD
@@ -552,12 +558,7 @@ def test_max_failures_starts_no_job_after_the_decision(
 
     async def main() -> None:
         async with opened(queue_name, url) as queue:
-            failing = [await queue.enqueue("contract.fail", [f"f{i}"]) for i in range(5)]
-            worker = make_worker(get_worker_type("sync"), queue, max_failures=2, prefetch=False)
-            await worker.start()
-            await asyncio.wait_for(worker.wait_stopped(), timeout=20)
-            assert worker.exit_code == 3
-            statuses = [(await queue.get_job(j.id)).status for j in failing]
+            statuses = await _fail_until_max_failures(queue, jobs=5, max_failures=2)
             assert statuses.count(JobStatus.FAILED) == 2
             assert statuses.count(JobStatus.QUEUED) == 3
             assert await queue.size() == 3
