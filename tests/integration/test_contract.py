@@ -569,6 +569,44 @@ def test_max_failures_starts_no_job_after_the_decision(
         cleanup()
 
 
+def test_sigterm_starts_no_job_before_the_shutdown_runs(
+    queue_name: str, uno_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM's handler can only spawn the graceful shutdown. A job that finishes before
+    that task runs (here it waits 0.5 s, as on a loaded machine) lets the next delivery
+    reach the loop: it goes back to the broker instead of starting."""
+    url, cleanup = make_broker_url("embedded")
+    real_shutdown = BaseWorker.shutdown
+
+    async def late_shutdown(self: BaseWorker, wait: bool = True) -> None:
+        await asyncio.sleep(0.5)
+        await real_shutdown(self, wait)
+
+    monkeypatch.setattr(BaseWorker, "shutdown", late_shutdown)
+
+    async def main() -> None:
+        async with opened(queue_name, url) as queue:
+            release = tmp_path / "release"
+            slow = await queue.enqueue("contract.hold_until", [str(tmp_path), "slow", str(release)])
+            for i in range(3):
+                await queue.enqueue("contract.mark", [str(tmp_path), f"q{i}"])
+            worker = make_worker(get_worker_type("sync"), queue, prefetch=False)
+            running_worker = asyncio.ensure_future(worker.run())
+            await async_wait_until(lambda: list(tmp_path.glob("slow.*")), timeout=15)
+            os.kill(os.getpid(), signal.SIGTERM)
+            await async_wait_until(lambda: worker._signals == 1, timeout=5)
+            release.touch()
+            assert await asyncio.wait_for(running_worker, timeout=20) == 0
+            assert (await queue.get_job(slow.id)).status == JobStatus.SUCCEEDED
+            assert not list(tmp_path.glob("q*")), "no job may start once SIGTERM arrived"
+            assert await queue.size() == 3
+
+    try:
+        run(main)
+    finally:
+        cleanup()
+
+
 def test_time_limits_stop_the_job(
     broker_url: str, worker_type: type[BaseWorker], queue_name: str, tmp_path: Path
 ) -> None:

@@ -144,8 +144,8 @@ class BaseWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: deque[Delivery] = deque()
         self._inbox_scheduled = False
-        # Set when the worker decides to stop itself (max_failures): from then on no job
-        # starts, though the shutdown task it spawns has not run yet.
+        # Set when the worker decides to stop from a callback (a signal, max_failures):
+        # from then on no job starts, though the shutdown task it spawns has not run yet.
         self._stopping = False
         self._buffer: list[tuple[int, int, Delivery]] = []
         self._seq = itertools.count()
@@ -277,11 +277,20 @@ class BaseWorker:
         name = signal.Signals(sig).name
         if self._signals == 1:
             log.info("%s: graceful shutdown of %s (again to force)", name, self.worker_id)
-            self._spawn(self.shutdown())
+            self._stop_soon(wait=True)
         else:
             log.warning("%s again: immediate shutdown of %s", name, self.worker_id)
             self.exit_code = 1
-            self._spawn(self.shutdown(wait=False))
+            self._stop_soon(wait=False)
+
+    def _stop_soon(self, wait: bool) -> None:
+        """Shut down from a callback: no job starts from now on, and ``shutdown`` runs next.
+
+        ``shutdown`` is a coroutine, so a callback can only spawn it; a delivery that reaches
+        the loop before it runs is handed back, not started.
+        """
+        self._stopping = True
+        self._spawn(self.shutdown(wait=wait))
 
     async def pause(self) -> None:
         """Stop starting new jobs; running ones finish. Prefetched jobs are handed back."""
@@ -643,8 +652,7 @@ class BaseWorker:
                 limit,
             )
             self.exit_code = 3
-            self._stopping = True  # a delivery may reach the loop before shutdown() runs
-            self._spawn(self.shutdown())
+            self._stop_soon(wait=True)
 
     def _job_view(self, message: Message) -> Any:
         return job_view(job_fields(message, self.worker_id))
