@@ -298,10 +298,11 @@ def configure_sdk(service_name: str | None = None) -> bool:
     if not otlp_traces_configured():
         return False
     try:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        from uno_jobs._otel_sdk import FastOTLPSpanExporter, HashedResource
     except ImportError as exc:
         log.warning(
             "an OTLP endpoint is configured but the OpenTelemetry SDK or OTLP exporter is "
@@ -313,10 +314,8 @@ def configure_sdk(service_name: str | None = None) -> bool:
     named = str(resource.attributes.get(SERVICE_NAME, ""))
     if service_name and named.startswith("unknown_service"):
         resource = resource.merge(Resource({SERVICE_NAME: service_name}))
-    from uno_jobs._otel_sdk import HashedResource
-
     provider = TracerProvider(resource=HashedResource.of(resource))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    provider.add_span_processor(BatchSpanProcessor(FastOTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     _sdk_configured = True
     sampler = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
