@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
@@ -32,6 +33,7 @@ from opentelemetry.trace import (
     Status,
     StatusCode,
     TraceFlags,
+    TraceState,
 )
 
 from uno_jobs.config import otlp_traces_configured
@@ -79,6 +81,14 @@ _sdk_configured = False
 #: remote parent that was not sampled always gives a non-recording span, which
 #: :class:`consumer_span` then makes without the SDK (see ``_unsampled_child``).
 _parent_decides: object | None = None
+
+#: The global propagator when :func:`configure_sdk` ran, if it was the API's default
+#: (``OTEL_PROPAGATORS`` unset or ``tracecontext,baggage``): while it stays, a message's
+#: ``traceparent`` alone tells whether its producer sampled it out (``_unsampled_fast``).
+_default_textmap: object | None = None
+_DEFAULT_PROPAGATOR_FIELDS = frozenset({"traceparent", "tracestate", "baggage"})
+#: A W3C ``traceparent`` of version 00, exactly as the API's propagator accepts it.
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
 
 #: The SDK's samplers (by their ``OTEL_TRACES_SAMPLER`` name) that drop every span whose
 #: remote parent was not sampled: ``ParentBased`` with its default
@@ -206,13 +216,19 @@ class consumer_span:
         attempt: int,
         headers: MutableMapping[str, Any] | dict[str, Any],
     ) -> None:
+        if _parent_decides is not None:
+            fast = _unsampled_fast(headers)
+            if fast is not None:
+                self._span: Span = fast
+                self._token: object | None = None
+                return
         parent = extract_context(headers)
         producer = trace.get_current_span(parent).get_span_context()
         if producer.is_valid and not producer.trace_flags.sampled:
             unsampled = _unsampled_child(producer)
             if unsampled is not None:
-                self._span: Span = unsampled
-                self._token: object | None = None
+                self._span = unsampled
+                self._token = None
                 return
         links = [Link(producer)] if producer.is_valid else None
         attributes = _base_attributes(system, queue, job_id, "process")
@@ -237,6 +253,32 @@ class consumer_span:
         if self._token is not None:
             otel_context.detach(self._token)  # type: ignore[arg-type]
         self._span.end()
+
+
+def _unsampled_fast(headers: MutableMapping[str, Any] | dict[str, Any]) -> Span | None:
+    """:func:`_unsampled_child` for a message whose ``traceparent`` says "not sampled",
+    read without the propagators (extracting costs more than the rest of such a span).
+
+    Only while the default propagator is in place, and only for the plain case: a
+    well-formed version-00 ``traceparent`` and no ``tracestate`` (the span would carry it).
+    ``None`` otherwise, and for a sampled parent: the caller takes the full path.
+    """
+    value = headers.get("traceparent")
+    if type(value) is not str or len(value) != 55 or value[54] not in "02468ace":
+        return None  # absent, other than version 00, or sampled
+    if "tracestate" in headers or propagate.get_global_textmap() is not _default_textmap:
+        return None
+    match = _TRACEPARENT.fullmatch(value)
+    if match is None:
+        return None
+    trace_id = int(match[1], 16)
+    if not trace_id or not int(match[2], 16):  # the propagator rejects all-zero ids
+        return None
+    producer = SpanContext(trace_id, 1, is_remote=True, trace_state=_EMPTY_STATE)
+    return _unsampled_child(producer)
+
+
+_EMPTY_STATE = TraceState()
 
 
 def _unsampled_child(producer: SpanContext) -> Span | None:
@@ -294,7 +336,7 @@ def configure_sdk(service_name: str | None = None) -> bool:
     timeouts from the standard variables itself; sampling follows ``OTEL_TRACES_SAMPLER``
     and ``OTEL_TRACES_SAMPLER_ARG``; ``OTEL_SERVICE_NAME`` wins over ``service_name``.
     """
-    global _sdk_configured, _parent_decides
+    global _sdk_configured, _parent_decides, _default_textmap
     if not otlp_traces_configured():
         return False
     try:
@@ -321,6 +363,10 @@ def configure_sdk(service_name: str | None = None) -> bool:
     sampler = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
     installed = trace.get_tracer_provider() is provider  # a provider may be set only once
     _parent_decides = provider if installed and sampler in _PARENT_BASED_SAMPLERS else None
+    textmap = propagate.get_global_textmap()
+    asked = os.environ.get("OTEL_PROPAGATORS", "tracecontext,baggage").replace(" ", "").lower()
+    default = asked == "tracecontext,baggage" and textmap.fields == _DEFAULT_PROPAGATOR_FIELDS
+    _default_textmap = textmap if default else None
     return True
 
 
@@ -330,11 +376,12 @@ def shutdown_sdk() -> None:
     For processes that end without running ``atexit`` handlers (process-pool children
     exit through ``os._exit``); a no-op when :func:`configure_sdk` installed nothing.
     """
-    global _sdk_configured, _parent_decides
+    global _sdk_configured, _parent_decides, _default_textmap
     if not _sdk_configured:
         return
     _sdk_configured = False
     _parent_decides = None
+    _default_textmap = None
     provider: Any = trace.get_tracer_provider()
     shutdown = getattr(provider, "shutdown", None)
     if callable(shutdown):

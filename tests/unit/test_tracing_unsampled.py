@@ -27,9 +27,12 @@ recorded = InMemorySpanExporter()
 provider.add_span_processor(SimpleSpanProcessor(recorded))
 parent_span_id = "00f067aa0ba902b7"
 trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+state = os.environ.get("TEST_TRACESTATE")
 out = {}
 for flags in ("00", "01"):
-    headers = {"traceparent": f"00-{trace_id}-{parent_span_id}-{flags}", "tracestate": "k=v"}
+    headers = {"traceparent": f"00-{trace_id}-{parent_span_id}-{flags}"}
+    if state:
+        headers["tracestate"] = state
     with tracing.consumer_span("redis", "q", "j", "t", 1, headers) as span:
         recording = span.is_recording()
         inner = trace.get_tracer("task").start_span("inner")
@@ -55,9 +58,13 @@ os._exit(0)  # nothing to export: the endpoint below does not exist
 """
 
 
-def _run(sampler: str | None) -> dict[str, dict[str, object]]:
+def _run(
+    sampler: str | None, tracestate: str = "k=v", **variables: str
+) -> dict[str, dict[str, object]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://127.0.0.1:9"
+    env["TEST_TRACESTATE"] = tracestate
+    env.update(variables)
     if sampler is not None:
         env["OTEL_TRACES_SAMPLER"] = sampler
     done = subprocess.run(
@@ -69,16 +76,30 @@ def _run(sampler: str | None) -> dict[str, dict[str, object]]:
     return result
 
 
-@pytest.mark.parametrize("sampler", [None, "parentbased_traceidratio"])
-def test_an_unsampled_parent_gives_the_span_the_sdk_would_make(sampler: str | None) -> None:
-    result = _run(sampler)
+@pytest.mark.parametrize(
+    ("sampler", "tracestate", "variables"),
+    [
+        (None, "k=v", {}),
+        ("parentbased_traceidratio", "k=v", {}),
+        # Without a tracestate the traceparent alone decides (read without propagators).
+        (None, "", {}),
+        ("parentbased_traceidratio", "", {}),
+        # Another propagator set-up: the propagators are asked again.
+        (None, "", {"OTEL_PROPAGATORS": "tracecontext"}),
+    ],
+)
+def test_an_unsampled_parent_gives_the_span_the_sdk_would_make(
+    sampler: str | None, tracestate: str, variables: dict[str, str]
+) -> None:
+    result = _run(sampler, tracestate, **variables)
     unsampled = result["00"]
     assert unsampled["type"] == unsampled["sdk_type"] == "NonRecordingSpan"
     assert unsampled["recording"] is False
     assert unsampled["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert unsampled["new_span_id"] is True
     assert unsampled["sampled"] is False and unsampled["sdk_sampled"] is False
-    assert unsampled["trace_state"] == unsampled["sdk_trace_state"] == {"k": "v"}
+    expected_state = {"k": "v"} if tracestate else {}
+    assert unsampled["trace_state"] == unsampled["sdk_trace_state"] == expected_state
     assert unsampled["remote"] is False
     assert unsampled["inner_recording"] is False
     sampled = result["01"]
@@ -91,3 +112,33 @@ def test_a_sampler_that_ignores_the_parent_still_decides() -> None:
     assert unsampled["recording"] is True
     assert unsampled["sampled"] is True
     assert unsampled["inner_recording"] is True
+
+
+def test_a_traceparent_the_propagator_rejects_is_not_taken_as_unsampled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Upper-case hex, zero ids, another version: the API's propagator ignores such a
+    header, so the span is a root the sampler decides, not an unsampled child."""
+    from opentelemetry import propagate
+
+    from uno_jobs import tracing
+
+    made: list[object] = []
+    monkeypatch.setattr(tracing, "_default_textmap", propagate.get_global_textmap())
+    monkeypatch.setattr(tracing, "_unsampled_child", lambda producer: made.append(producer))
+    good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+    tracing._unsampled_fast({"traceparent": good})
+    assert len(made) == 1, "the control: a well-formed unsampled parent takes the fast path"
+    assert tracing._unsampled_fast({"traceparent": good, "tracestate": "k=v"}) is None
+    assert tracing._unsampled_fast({"traceparent": good[:-1] + "1"}) is None  # sampled
+    for value in (
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-00",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-00",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-00",
+        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        " 00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-00",
+    ):
+        assert tracing._unsampled_fast({"traceparent": value}) is None, value
+    assert tracing._unsampled_fast({}) is None
+    assert tracing._unsampled_fast({"traceparent": b"00-..."}) is None
+    assert len(made) == 1
