@@ -1,4 +1,5 @@
-"""The worker's garbage-collection threshold: raised at start, never lowered."""
+"""The worker's garbage collection settings: the threshold (raised at start, never
+lowered) and the freeze of what is alive when the first worker starts."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from uno_jobs.errors import ConfigurationError
-from uno_jobs.worker import AsyncWorker
-from uno_jobs.worker._base import raise_gc_threshold
+from uno_jobs.worker import AsyncWorker, _base
+from uno_jobs.worker._base import freeze_gc_once, raise_gc_threshold
 
 
 @pytest.fixture(autouse=True)
@@ -48,3 +49,51 @@ def test_the_option_defaults_to_twenty_thousand_and_rejects_zero() -> None:
     assert AsyncWorker(queue_name="q", gc_threshold=None).options.gc_threshold is None
     with pytest.raises(ConfigurationError, match="gc_threshold"):
         AsyncWorker(queue_name="q", gc_threshold=0)
+
+
+@pytest.fixture
+def _unfrozen(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A process where no worker froze anything yet; what the test froze is thawed after."""
+    monkeypatch.setattr(_base, "_gc_frozen", False)
+    frozen_before = gc.get_freeze_count()
+    yield
+    if not frozen_before:
+        gc.unfreeze()
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.mark.usefixtures("_unfrozen")
+def test_the_first_start_collects_then_freezes_what_is_alive() -> None:
+    gc.unfreeze()
+    garbage = _Cycle()
+    garbage_id = id(garbage)
+    del garbage  # a cycle: only a collection frees it
+    kept = _Cycle()
+    freeze_gc_once()
+    assert gc.get_freeze_count() > 0
+    assert not any(id(o) == garbage_id and type(o) is _Cycle for o in gc.get_objects())
+    assert kept not in gc.get_objects(), "frozen objects are no longer tracked by generation"
+    frozen = gc.get_freeze_count()
+    _Cycle()
+    freeze_gc_once()  # once per process
+    assert gc.get_freeze_count() == frozen
+
+
+@pytest.mark.usefixtures("_unfrozen")
+def test_nothing_is_frozen_while_collection_is_off() -> None:
+    gc.unfreeze()
+    gc.disable()
+    try:
+        freeze_gc_once()
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.enable()
+
+
+def test_the_freeze_option_defaults_to_on() -> None:
+    assert AsyncWorker(queue_name="q").options.gc_freeze is True
+    assert AsyncWorker(queue_name="q", gc_freeze=False).options.gc_freeze is False

@@ -70,6 +70,13 @@ class WorkerOptions(BaseModel):
     #: every trace sampled that cost ~45 µs per job (docs/benchmarks.md, "Garbage
     #: collection").
     gc_threshold: int | None = Field(20_000, ge=1)
+    #: The first worker started in a process runs a full collection, then moves every
+    #: object still alive (modules, the application's set-up) to the interpreter's
+    #: permanent generation (``gc.freeze()``), which collections no longer walk: a full
+    #: collection then costs in proportion to what jobs left alive, not to the whole
+    #: heap. Once per process; cycles among those objects that become garbage later are
+    #: not collected. ``False``: leave the collector alone.
+    gc_freeze: bool = True
 
     @field_validator("middleware")
     @classmethod
