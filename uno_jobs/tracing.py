@@ -274,6 +274,7 @@ def _unsampled_fast(headers: MutableMapping[str, Any] | dict[str, Any]) -> Span 
     trace_id = int(match[1], 16)
     if not trace_id or not int(match[2], 16):  # the propagator rejects all-zero ids
         return None
+    # The child takes the parent's trace id and trace state only; its span id is new.
     producer = SpanContext(trace_id, 1, is_remote=True, trace_state=_EMPTY_STATE)
     return _unsampled_child(producer)
 
