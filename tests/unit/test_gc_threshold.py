@@ -67,11 +67,11 @@ class _Cycle:
 
 
 @pytest.mark.usefixtures("_unfrozen")
-def test_the_first_start_collects_then_freezes_what_is_alive() -> None:
+def test_the_first_start_collects_young_cycles_then_freezes_what_is_alive() -> None:
     gc.unfreeze()
     garbage = _Cycle()
     garbage_id = id(garbage)
-    del garbage  # a cycle: only a collection frees it
+    del garbage  # a young cycle: only a collection frees it
     kept = _Cycle()
     freeze_gc_once()
     assert gc.get_freeze_count() > 0
@@ -82,11 +82,11 @@ def test_the_first_start_collects_then_freezes_what_is_alive() -> None:
 @pytest.mark.usefixtures("_unfrozen")
 def test_only_the_first_start_freezes(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(gc, "collect", lambda *a: calls.append("collect") or 0)
+    monkeypatch.setattr(gc, "collect", lambda *a: calls.append(f"collect{a}") or 0)
     monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
     freeze_gc_once()
     freeze_gc_once()
-    assert calls == ["collect", "freeze"]
+    assert calls == ["collect(1,)", "freeze"]
 
 
 @pytest.mark.usefixtures("_unfrozen")
