@@ -225,7 +225,7 @@ class consumer_span:
         parent = extract_context(headers)
         producer = trace.get_current_span(parent).get_span_context()
         if producer.is_valid and not producer.trace_flags.sampled:
-            unsampled = _unsampled_child(producer)
+            unsampled = _unsampled_child(producer.trace_id, producer.trace_state)
             if unsampled is not None:
                 self._span = unsampled
                 self._token = None
@@ -274,16 +274,16 @@ def _unsampled_fast(headers: MutableMapping[str, Any] | dict[str, Any]) -> Span 
     trace_id = int(match[1], 16)
     if not trace_id or not int(match[2], 16):  # the propagator rejects all-zero ids
         return None
-    # The child takes the parent's trace id and trace state only; its span id is new.
-    producer = SpanContext(trace_id, 1, is_remote=True, trace_state=_EMPTY_STATE)
-    return _unsampled_child(producer)
+    return _unsampled_child(trace_id, _EMPTY_STATE)
 
 
 _EMPTY_STATE = TraceState()
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 
 
-def _unsampled_child(producer: SpanContext) -> Span | None:
-    """The span the SDK would make under an unsampled remote parent, made without it.
+def _unsampled_child(trace_id: int, trace_state: TraceState) -> Span | None:
+    """The span the SDK would make under an unsampled remote parent (of this trace id and
+    trace state), made without it.
 
     Only for the provider :func:`configure_sdk` installed with a parent-based sampler,
     which drops such a span for certain: the SDK would then build the attributes, ask the
@@ -298,11 +298,11 @@ def _unsampled_child(producer: SpanContext) -> Span | None:
     if generator is None:
         return None
     context = SpanContext(
-        producer.trace_id,
+        trace_id,
         generator.generate_span_id(),
         is_remote=False,
-        trace_flags=TraceFlags(TraceFlags.DEFAULT),
-        trace_state=producer.trace_state,
+        trace_flags=_NOT_SAMPLED,
+        trace_state=trace_state,
     )
     return NonRecordingSpan(context)
 

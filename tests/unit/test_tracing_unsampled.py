@@ -125,7 +125,7 @@ def test_a_traceparent_the_propagator_rejects_is_not_taken_as_unsampled(
 
     made: list[object] = []
     monkeypatch.setattr(tracing, "_default_textmap", propagate.get_global_textmap())
-    monkeypatch.setattr(tracing, "_unsampled_child", lambda producer: made.append(producer))
+    monkeypatch.setattr(tracing, "_unsampled_child", lambda *parent: made.append(parent))
     good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
     tracing._unsampled_fast({"traceparent": good})
     assert len(made) == 1, "the control: a well-formed unsampled parent takes the fast path"
