@@ -541,20 +541,24 @@ def test_max_failures_stops_the_worker_with_exit_code_3(queue_name: str, uno_hom
         cleanup()
 
 
-def test_max_failures_starts_no_job_after_the_decision(
-    queue_name: str, uno_home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def late_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``BaseWorker.shutdown`` waits 0.5 s before it starts, as on a loaded machine."""
+    real_shutdown = BaseWorker.shutdown
+
+    async def late(self: BaseWorker, wait: bool = True) -> None:
+        await asyncio.sleep(0.5)
+        await real_shutdown(self, wait)
+
+    monkeypatch.setattr(BaseWorker, "shutdown", late)
+
+
+@pytest.mark.usefixtures("late_shutdown")
+def test_max_failures_starts_no_job_after_the_decision(queue_name: str, uno_home: Path) -> None:
     """The shutdown that max_failures asks for runs as a task of its own. A delivery that
     reaches the loop before that task runs (here the task waits 0.5 s, as on a loaded
     machine) goes back to the broker instead of starting one job more."""
     url, cleanup = make_broker_url("embedded")
-    real_shutdown = BaseWorker.shutdown
-
-    async def late_shutdown(self: BaseWorker, wait: bool = True) -> None:
-        await asyncio.sleep(0.5)
-        await real_shutdown(self, wait)
-
-    monkeypatch.setattr(BaseWorker, "shutdown", late_shutdown)
 
     async def main() -> None:
         async with opened(queue_name, url) as queue:
@@ -569,20 +573,14 @@ def test_max_failures_starts_no_job_after_the_decision(
         cleanup()
 
 
+@pytest.mark.usefixtures("late_shutdown")
 def test_sigterm_starts_no_job_before_the_shutdown_runs(
-    queue_name: str, uno_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    queue_name: str, uno_home: Path, tmp_path: Path
 ) -> None:
     """SIGTERM's handler can only spawn the graceful shutdown. A job that finishes before
     that task runs (here it waits 0.5 s, as on a loaded machine) lets the next delivery
     reach the loop: it goes back to the broker instead of starting."""
     url, cleanup = make_broker_url("embedded")
-    real_shutdown = BaseWorker.shutdown
-
-    async def late_shutdown(self: BaseWorker, wait: bool = True) -> None:
-        await asyncio.sleep(0.5)
-        await real_shutdown(self, wait)
-
-    monkeypatch.setattr(BaseWorker, "shutdown", late_shutdown)
 
     async def main() -> None:
         async with opened(queue_name, url) as queue:
