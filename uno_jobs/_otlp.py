@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 __all__ = ["encode_spans_request"]
@@ -231,16 +231,20 @@ def _span(span: Any) -> bytes:
 
 
 class _Encodings:
-    """Resources' and scopes' encodings, by identity (the SDK makes each once)."""
+    """Resources' and scopes' encodings, by identity (the SDK makes each once).
+
+    Shared by the export threads of every exporter in the process: a lookup and a store
+    are single dictionary operations, and a race at worst encodes one twice.
+    """
 
     def __init__(self) -> None:
         self._known: dict[int, tuple[object, bytes]] = {}
 
-    def get(self, thing: object, encode: Any) -> bytes:
+    def get(self, thing: Any, encode: Callable[[Any], bytes]) -> bytes:
         known = self._known.get(id(thing))
         if known is not None and known[0] is thing:
             return known[1]
-        encoded: bytes = encode(thing)
+        encoded = encode(thing)
         if len(self._known) >= 64:
             self._known.clear()
         self._known[id(thing)] = (thing, encoded)
