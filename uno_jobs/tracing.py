@@ -83,12 +83,12 @@ _sdk_configured = False
 _parent_decides: object | None = None
 
 #: The global propagator when :func:`configure_sdk` ran, if it was the API's default
-#: (``OTEL_PROPAGATORS`` unset or ``tracecontext,baggage``): while it stays, a message's
-#: ``traceparent`` alone tells whether its producer sampled it out (``_unsampled_fast``).
+#: (``OTEL_PROPAGATORS`` unset or ``tracecontext,baggage``): while it stays, a message
+#: whose only trace header is ``traceparent`` is read without it (``_plain_parent``).
 _default_textmap: object | None = None
 _DEFAULT_PROPAGATOR_FIELDS = frozenset({"traceparent", "tracestate", "baggage"})
 #: A W3C ``traceparent`` of version 00, exactly as the API's propagator accepts it.
-_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
+_TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 #: The SDK's samplers (by their ``OTEL_TRACES_SAMPLER`` name) that drop every span whose
 #: remote parent was not sampled: ``ParentBased`` with its default
@@ -216,20 +216,19 @@ class consumer_span:
         attempt: int,
         headers: MutableMapping[str, Any] | dict[str, Any],
     ) -> None:
-        if _parent_decides is not None:
-            fast = _unsampled_fast(headers)
-            if fast is not None:
-                self._span: Span = fast
-                self._token: object | None = None
-                return
-        parent = extract_context(headers)
-        producer = trace.get_current_span(parent).get_span_context()
+        producer = _plain_parent(headers) if _default_textmap is not None else None
+        parent: otel_context.Context | None = None
+        if producer is None:
+            parent = extract_context(headers)
+            producer = trace.get_current_span(parent).get_span_context()
         if producer.is_valid and not producer.trace_flags.sampled:
             unsampled = _unsampled_child(producer.trace_id, producer.trace_state)
             if unsampled is not None:
-                self._span = unsampled
-                self._token = None
+                self._span: Span = unsampled
+                self._token: object | None = None
                 return
+        if parent is None:  # the context the propagator would have extracted
+            parent = trace.set_span_in_context(NonRecordingSpan(producer), _ROOT)
         links = [Link(producer)] if producer.is_valid else None
         attributes = _base_attributes(system, queue, job_id, "process")
         attributes["uno_jobs.task"] = task
@@ -255,30 +254,39 @@ class consumer_span:
         self._span.end()
 
 
-def _unsampled_fast(headers: MutableMapping[str, Any] | dict[str, Any]) -> Span | None:
-    """:func:`_unsampled_child` for a message whose ``traceparent`` says "not sampled",
-    read without the propagators (extracting costs more than the rest of such a span).
+def _plain_parent(headers: MutableMapping[str, Any] | dict[str, Any]) -> SpanContext | None:
+    """The remote span context in a message's ``traceparent``, read without the
+    propagators (extracting costs about as much as the rest of an unsampled span).
 
-    Only while the default propagator is in place, and only for the plain case: a
-    well-formed version-00 ``traceparent`` and no ``tracestate`` (the span would carry it).
-    ``None`` otherwise, and for a sampled parent: the caller takes the full path.
+    Only while :func:`configure_sdk`'s default propagator is in place, and only for the
+    plain case, where the propagator's answer is this context and nothing more: a
+    well-formed version-00 ``traceparent``, no ``tracestate`` and no ``baggage``.
+    ``None`` otherwise: the caller extracts.
     """
     value = headers.get("traceparent")
-    if type(value) is not str or len(value) != 55 or value[54] not in "02468ace":
-        return None  # absent, other than version 00, or sampled
-    if "tracestate" in headers or propagate.get_global_textmap() is not _default_textmap:
+    if type(value) is not str or len(value) != 55:
+        return None
+    if "tracestate" in headers or "baggage" in headers:
+        return None
+    if propagate.get_global_textmap() is not _default_textmap:
         return None
     match = _TRACEPARENT.fullmatch(value)
     if match is None:
         return None
     trace_id = int(match[1], 16)
-    if not trace_id or not int(match[2], 16):  # the propagator rejects all-zero ids
+    span_id = int(match[2], 16)
+    if not trace_id or not span_id:  # the propagator rejects all-zero ids
         return None
-    return _unsampled_child(trace_id, _EMPTY_STATE)
+    flags = _FLAGS[int(match[3], 16)]
+    return SpanContext(
+        trace_id, span_id, is_remote=True, trace_flags=flags, trace_state=_EMPTY_STATE
+    )
 
 
 _EMPTY_STATE = TraceState()
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+_FLAGS = [TraceFlags(value) for value in range(256)]
+_ROOT = otel_context.Context()
 
 
 def _unsampled_child(trace_id: int, trace_state: TraceState) -> Span | None:

@@ -1,8 +1,10 @@
-"""consumer_span under an unsampled remote parent, with the SDK that configure_sdk installs.
+"""consumer_span under a remote parent, with the SDK that configure_sdk installs.
 
-With a parent-based sampler the span is made without the SDK (``_unsampled_child``); it
-must be the span the SDK would have made. Each case runs in a fresh interpreter: a
-process sets its tracer provider once.
+A plain ``traceparent`` (no ``tracestate``, no ``baggage``) is read without the
+propagators (``_plain_parent``), and with a parent-based sampler an unsampled parent's
+span is made without the SDK (``_unsampled_child``): either way the span must be the one
+the SDK would have made from the propagator's context. Each case runs in a fresh
+interpreter: a process sets its tracer provider once.
 """
 
 from __future__ import annotations
@@ -29,7 +31,12 @@ parent_span_id = "00f067aa0ba902b7"
 trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
 state = os.environ.get("TEST_TRACESTATE")
 out = {}
-for flags in ("00", "01"):
+
+def ctx(c):
+    return [format(c.trace_id, "032x"), format(c.span_id, "016x"), c.is_remote,
+            int(c.trace_flags), dict(c.trace_state)]
+
+for flags in ("00", "01", "02", "03"):
     headers = {"traceparent": f"00-{trace_id}-{parent_span_id}-{flags}"}
     if state:
         headers["tracestate"] = state
@@ -52,6 +59,10 @@ for flags in ("00", "01"):
         "sdk_trace_state": dict(theirs.trace_state),
         "remote": ours.is_remote,
         "inner_recording": inner_recording,
+        "kind": str(getattr(span, "kind", None)),
+        "parent": ctx(span.parent) if getattr(span, "parent", None) else None,
+        "links": [ctx(link.context) for link in getattr(span, "links", ())],
+        "extracted": ctx(trace.get_current_span(propagate.extract(headers)).get_span_context()),
     }
 print("RESULT " + json.dumps(out), flush=True)
 os._exit(0)  # nothing to export: the endpoint below does not exist
@@ -88,7 +99,7 @@ def _run(
         (None, "", {"OTEL_PROPAGATORS": "tracecontext"}),
     ],
 )
-def test_an_unsampled_parent_gives_the_span_the_sdk_would_make(
+def test_a_remote_parent_gives_the_span_the_sdk_would_make(
     sampler: str | None, tracestate: str, variables: dict[str, str]
 ) -> None:
     result = _run(sampler, tracestate, **variables)
@@ -102,8 +113,21 @@ def test_an_unsampled_parent_gives_the_span_the_sdk_would_make(
     assert unsampled["trace_state"] == unsampled["sdk_trace_state"] == expected_state
     assert unsampled["remote"] is False
     assert unsampled["inner_recording"] is False
-    sampled = result["01"]
-    assert sampled["recording"] is True and sampled["inner_recording"] is True
+    assert result["02"]["type"] == "NonRecordingSpan" and result["02"]["sampled"] is False
+    for flags in ("01", "03"):  # sampled, with and without another flag bit
+        sampled = result[flags]
+        assert sampled["recording"] is True and sampled["inner_recording"] is True
+        assert sampled["kind"] == "SpanKind.CONSUMER"
+        # The parent and the link are the producer's context as the propagator reads it.
+        assert sampled["parent"] == sampled["extracted"]
+        assert sampled["links"] == [sampled["extracted"]]
+        assert sampled["extracted"][:4] == [
+            "4bf92f3577b34da6a3ce929d0e0e4736",
+            "00f067aa0ba902b7",
+            True,
+            int(flags, 16),
+        ]
+        assert sampled["trace_state"] == expected_state
 
 
 def test_a_sampler_that_ignores_the_parent_still_decides() -> None:
@@ -114,31 +138,38 @@ def test_a_sampler_that_ignores_the_parent_still_decides() -> None:
     assert unsampled["inner_recording"] is True
 
 
-def test_a_traceparent_the_propagator_rejects_is_not_taken_as_unsampled(
+def test_a_traceparent_the_propagator_rejects_is_not_read_on_the_fast_path(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Upper-case hex, zero ids, another version: the API's propagator ignores such a
-    header, so the span is a root the sampler decides, not an unsampled child."""
+    header, so the fast path must not read it either (the full path then makes a root
+    span the sampler decides); with ``tracestate`` or ``baggage`` the propagator's
+    context carries more, so the full path reads it."""
     from opentelemetry import propagate
 
     from uno_jobs import tracing
 
-    made: list[object] = []
     monkeypatch.setattr(tracing, "_default_textmap", propagate.get_global_textmap())
-    monkeypatch.setattr(tracing, "_unsampled_child", lambda *parent: made.append(parent))
     good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
-    tracing._unsampled_fast({"traceparent": good})
-    assert len(made) == 1, "the control: a well-formed unsampled parent takes the fast path"
-    assert tracing._unsampled_fast({"traceparent": good, "tracestate": "k=v"}) is None
-    assert tracing._unsampled_fast({"traceparent": good[:-1] + "1"}) is None  # sampled
+    for value in (good, good[:-1] + "1"):  # the control: well-formed parents are read
+        plain = tracing._plain_parent({"traceparent": value})
+        assert plain is not None and plain.is_remote and plain.is_valid
+        assert plain.trace_flags.sampled is value.endswith("1")
+        assert plain.trace_id == 0x4BF92F3577B34DA6A3CE929D0E0E4736
+        assert plain.span_id == 0x00F067AA0BA902B7
+    assert tracing._plain_parent({"traceparent": good, "tracestate": "k=v"}) is None
+    assert tracing._plain_parent({"traceparent": good, "baggage": "k=v"}) is None
     for value in (
         "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-00",
         "00-00000000000000000000000000000000-00f067aa0ba902b7-00",
         "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-00",
         "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
         " 00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-00",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
     ):
-        assert tracing._unsampled_fast({"traceparent": value}) is None, value
-    assert tracing._unsampled_fast({}) is None
-    assert tracing._unsampled_fast({"traceparent": b"00-..."}) is None
-    assert len(made) == 1
+        assert tracing._plain_parent({"traceparent": value}) is None, value
+    assert tracing._plain_parent({}) is None
+    assert tracing._plain_parent({"traceparent": b"00-..."}) is None
+    # Another propagator installed since: the fast path steps aside.
+    monkeypatch.setattr(tracing, "_default_textmap", object())
+    assert tracing._plain_parent({"traceparent": good}) is None
