@@ -84,7 +84,7 @@ _parent_decides: object | None = None
 
 #: The global propagator when :func:`configure_sdk` ran, if it was the API's default
 #: (``OTEL_PROPAGATORS`` unset or ``tracecontext,baggage``): while it stays, a message
-#: whose only trace header is ``traceparent`` is read without it (``_plain_parent``).
+#: whose only trace header is ``traceparent`` is read without it (``_plain_traceparent``).
 _default_textmap: object | None = None
 _DEFAULT_PROPAGATOR_FIELDS = frozenset({"traceparent", "tracestate", "baggage"})
 #: A W3C ``traceparent`` of version 00, exactly as the API's propagator accepts it.
@@ -216,19 +216,31 @@ class consumer_span:
         attempt: int,
         headers: MutableMapping[str, Any] | dict[str, Any],
     ) -> None:
-        producer = _plain_parent(headers) if _default_textmap is not None else None
-        parent: otel_context.Context | None = None
-        if producer is None:
+        self._token: object | None = None
+        plain = _plain_traceparent(headers) if _default_textmap is not None else None
+        if plain is not None:  # read as the propagator would have read it
+            trace_id, span_id, flags = plain
+            if not flags & TraceFlags.SAMPLED:
+                unsampled = _unsampled_child(trace_id, _EMPTY_STATE)
+                if unsampled is not None:
+                    self._span: Span = unsampled
+                    return
+            producer = SpanContext(
+                trace_id,
+                span_id,
+                is_remote=True,
+                trace_flags=_FLAGS[flags],
+                trace_state=_EMPTY_STATE,
+            )
+            parent = trace.set_span_in_context(NonRecordingSpan(producer), _ROOT)
+        else:
             parent = extract_context(headers)
             producer = trace.get_current_span(parent).get_span_context()
-        if producer.is_valid and not producer.trace_flags.sampled:
-            unsampled = _unsampled_child(producer.trace_id, producer.trace_state)
-            if unsampled is not None:
-                self._span: Span = unsampled
-                self._token: object | None = None
-                return
-        if parent is None:  # the context the propagator would have extracted
-            parent = trace.set_span_in_context(NonRecordingSpan(producer), _ROOT)
+            if producer.is_valid and not producer.trace_flags.sampled:
+                unsampled = _unsampled_child(producer.trace_id, producer.trace_state)
+                if unsampled is not None:
+                    self._span = unsampled
+                    return
         links = [Link(producer)] if producer.is_valid else None
         attributes = _base_attributes(system, queue, job_id, "process")
         attributes["uno_jobs.task"] = task
@@ -242,7 +254,6 @@ class consumer_span:
             record_exception=False,
             set_status_on_exception=False,
         )
-        self._token = None
 
     def __enter__(self) -> Span:
         self._token = otel_context.attach(trace.set_span_in_context(self._span))
@@ -254,12 +265,14 @@ class consumer_span:
         self._span.end()
 
 
-def _plain_parent(headers: MutableMapping[str, Any] | dict[str, Any]) -> SpanContext | None:
-    """The remote span context in a message's ``traceparent``, read without the
+def _plain_traceparent(
+    headers: MutableMapping[str, Any] | dict[str, Any],
+) -> tuple[int, int, int] | None:
+    """Trace id, span id and flags of a message's ``traceparent``, read without the
     propagators (extracting costs about as much as the rest of an unsampled span).
 
     Only while :func:`configure_sdk`'s default propagator is in place, and only for the
-    plain case, where the propagator's answer is this context and nothing more: a
+    plain case, where the propagator's context holds the remote span and nothing more: a
     well-formed version-00 ``traceparent``, no ``tracestate`` and no ``baggage``.
     ``None`` otherwise: the caller extracts.
     """
@@ -277,10 +290,7 @@ def _plain_parent(headers: MutableMapping[str, Any] | dict[str, Any]) -> SpanCon
     span_id = int(match[2], 16)
     if not trace_id or not span_id:  # the propagator rejects all-zero ids
         return None
-    flags = _FLAGS[int(match[3], 16)]
-    return SpanContext(
-        trace_id, span_id, is_remote=True, trace_flags=flags, trace_state=_EMPTY_STATE
-    )
+    return trace_id, span_id, int(match[3], 16)
 
 
 _EMPTY_STATE = TraceState()
