@@ -193,6 +193,39 @@ def test_sqlite_purge_deletes_the_history_of_expired_records(sqlite_url: str) ->
     assert rows == [("kept",)]
 
 
+def test_sqlite_updates_look_for_expired_records_in_the_expiry_index(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each batch of updates first asks whether any record has expired at all: a search
+    of the partial index on ``expires_at``, not a scan; only then are the batch's ids
+    looked up (the contract's expired-record tests cover that path)."""
+    from uno_jobs.store import _sqlite
+
+    store = open_store(sqlite_url)
+    assert isinstance(store, _sqlite.SQLiteStore)
+    store.create(a_record("a"))
+    conn = sqlite3.connect(sqlite_url.removeprefix("sqlite://"))
+    plan = conn.execute(f"EXPLAIN QUERY PLAN {_sqlite._ANY_EXPIRED}", (time.time(),)).fetchall()
+    conn.close()
+    assert "USING COVERING INDEX jobs_expires_at" in plan[0][-1], plan
+    statements: list[str] = []
+    store._connections.get().set_trace_callback(statements.append)
+
+    def lookups() -> list[str]:
+        found = [sql for sql in statements if sql.startswith("SELECT id FROM jobs WHERE")]
+        statements.clear()
+        return found
+
+    store.apply([failed_attempt("a", 1, status="failed")])  # "a" expires a day from now
+    assert lookups() == []
+    store.create(a_record("b"))
+    later = time.time() + 10 * store.retention_seconds
+    monkeypatch.setattr(_sqlite.time, "time", lambda: later)
+    store.apply([failed_attempt("b", 1)])  # "a" has expired by now: the ids are looked up
+    assert len(lookups()) == 1
+    store.close()
+
+
 def test_connections_opening_a_fresh_sqlite_database_at_once_all_succeed(tmp_path: Path) -> None:
     """The WAL switch of a new database is contended: "database is locked" came out of it
     without SQLite's busy handler (a Queue and a worker starting together saw it)."""

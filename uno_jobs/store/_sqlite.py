@@ -153,6 +153,8 @@ DELETE FROM job_errors WHERE job_id = ? AND seq <= (
     ORDER BY seq DESC LIMIT 1 OFFSET {MAX_ATTEMPT_ERRORS}
 )
 """
+# Whether any record is past its expiry (the partial index on expires_at answers it).
+_ANY_EXPIRED = "SELECT 1 FROM jobs WHERE expires_at <= ? LIMIT 1"
 _SELECT_ERRORS = (
     "SELECT attempt, error_type, error_message, failed_at, worker_id FROM job_errors "
     "WHERE job_id = ? ORDER BY seq"
@@ -351,6 +353,11 @@ class SQLiteStore:
     @staticmethod
     def _drop_expired(conn: sqlite3.Connection, job_ids: Sequence[str], now: float) -> None:
         """Delete expired rows among ``job_ids``: for the store they no longer exist."""
+        # Usually no row at all has expired (``purge_expired`` runs on a schedule): one
+        # step into the expiry index says so, where the lookup by id costs a statement
+        # prepared for this batch's length and a probe per id.
+        if conn.execute(_ANY_EXPIRED, (now,)).fetchone() is None:
+            return
         for chunk in _chunks(job_ids):
             # Found first (rarely any): the deletes then name their rows.
             expired = [
