@@ -6,11 +6,11 @@ reason, so one broken system does not lose the rest of the run.
 
 Timing:
 
-- uno_jobs: from the worker's ``start()`` call to the completion of job N, measured in
-  the worker process (its connect is inside the window).
-- Celery and Dramatiq: from the start of the first job to the end of job N, measured in
-  the worker process by ``benchmarks._completion`` (their process start-up, imports and
-  connect are outside the window; the wall time from launch is logged beside it).
+- uno_jobs, Celery and Dramatiq: from the start of the first job to the end of job N,
+  measured in the worker process (uno_jobs: ``bench_tasks.first_call`` and
+  ``stats.last_completed``; Celery and Dramatiq: ``benchmarks._completion``). Start-up,
+  imports and connect are outside the window; the log has the time from uno_jobs'
+  ``start()`` call and from the peers' launch beside it.
 - raw kombu: each publish loop and each consume loop, measured around the loop.
 """
 
@@ -147,7 +147,12 @@ def run_uno(ctx: Context, system: str, broker: str) -> list[Sample]:
         timeout = ctx.worker_timeout(ctx.jobs)
         cmd = [*runner, "work", "--kind", kind, *base, "--timeout", str(timeout)]
         res = _proc.run_json(cmd, env, timeout + 60, log)
-        samples.append(Sample(system, broker, "throughput", ctx.jobs, res["seconds"], ctx.round_no))
+        # Celery's and Dramatiq's window: the first job's start to job N's end. (``seconds``,
+        # from the ``start()`` call with the connect inside, is logged beside it.)
+        window = res.get("first_to_last_seconds")
+        if window is None:
+            raise _proc.StepError("the worker recorded no first job start")
+        samples.append(Sample(system, broker, "throughput", ctx.jobs, window, ctx.round_no))
         ctx.log(f"    {system}/{broker}: {_details(res)}")
     except _proc.StepError as exc:
         metric = "throughput" if samples else "prefill"
