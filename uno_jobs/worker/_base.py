@@ -393,9 +393,14 @@ class BaseWorker:
 
     @property
     def in_flight(self) -> int:
-        """Messages this worker holds: running, prefetched, or awaiting their ack."""
+        """Messages this worker holds: running, prefetched, or awaiting their ack.
+
+        The consumer holds every delivery until it is settled, those in the inbox too
+        (it takes them before it hands them over); what the worker counts itself covers
+        the time after a reconnect, when the new consumer holds none of the running jobs.
+        """
         held = self._consumer.held if self._consumer is not None else 0
-        return max(held, len(self._running) + len(self._buffer)) + len(self._inbox)
+        return max(held, len(self._running) + len(self._buffer) + len(self._inbox))
 
     async def get_health(self) -> dict[str, Any]:
         """``status, uptime, jobs_processed, failure_rate, current_jobs, last_job_completed``.
