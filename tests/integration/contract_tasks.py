@@ -37,7 +37,10 @@ def mark(folder: str, name: str, hold: float = 0.0) -> str:
     """Write a start marker ``<name>.<pid>.<n>`` into ``folder``, then hold for a while."""
     base = Path(folder)
     n = len(list(base.glob(f"{name}.*")))
-    (base / f"{name}.{os.getpid()}.{n}").write_text(str(time.time()))
+    # Written under another name and renamed: a reader never sees the file empty.
+    scratch = base / f".scratch-{os.getpid()}-{time.monotonic_ns()}"
+    scratch.write_text(str(time.time()))
+    os.replace(scratch, base / f"{name}.{os.getpid()}.{n}")
     deadline = time.monotonic() + hold
     while time.monotonic() < deadline:
         time.sleep(0.01)
