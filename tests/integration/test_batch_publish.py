@@ -464,3 +464,64 @@ def test_a_push_named_in_upper_case_is_checked_like_any_other(redis_home: RedisH
         store.create_and_push([record], [("LPUSH", key, ("v",))])  # type: ignore[attr-defined]
     assert store.get("upper-1") is None
     assert redis_home.raw.get(key) == b"a string"
+
+
+def test_an_amqp_publish_written_as_frames_lands_as_kombus_own_publish_writes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RabbitMQ: the session writes a publish's frames itself (``_amqp_frames``); what a
+    consumer gets is what kombu's ``Producer`` sends for the same message. A message the
+    frames cannot carry exactly (a kombu ``priority`` property) goes through kombu."""
+    from conftest import AMQP_URL
+
+    suffix = uuid.uuid4().hex[:8]
+    ours, theirs = f"frames-ours-{suffix}", f"frames-kombu-{suffix}"
+    messages = [
+        encode(new_message("contract.noop", [n, "ünï ☃", {"x": [1.5, None]}], {}, queue="q"))
+        for n in range(3)
+    ]
+    messages.append(_encoded(9, kombu_priority=3))
+    through_kombu: list[str] = []
+    original = PublishSession._publish_one
+
+    def spy(producer: Any, routing_key: str, enc: Encoded) -> None:
+        through_kombu.append(enc.headers["id"])
+        original(producer, routing_key, enc)
+
+    monkeypatch.setattr(PublishSession, "_publish_one", staticmethod(spy))
+    session = PublishSession(parse_broker_url(AMQP_URL))
+    conn = Connection(AMQP_URL)
+    try:
+        session.publish([Outgoing(ours, enc) for enc in messages])
+        assert through_kombu == [messages[3].headers["id"]]
+        channel = conn.channel()
+        monkeypatch.undo()
+        _kombu_publish(channel, [(theirs, enc) for enc in messages])
+        got = {}
+        for name in (ours, theirs):
+            got[name] = []
+            for _ in messages:
+                message = channel.basic_get(name, no_ack=True)
+                assert message is not None
+                got[name].append(
+                    (message.body, message.properties, message.delivery_info["routing_key"])
+                )
+            assert channel.basic_get(name, no_ack=True) is None
+        assert [(body, props) for body, props, _ in got[ours]] == [
+            (body, props) for body, props, _ in got[theirs]
+        ]
+        assert {key for _, _, key in got[ours]} == {ours}
+        decoded = [
+            decode(body, props["application_headers"], props["content_type"], queue="q")
+            for body, props, _ in got[ours]
+        ]
+        assert [(m.id, m.args) for m in decoded] == [
+            (enc.headers["id"], json.loads(enc.body)[0]) for enc in messages
+        ]
+    finally:
+        session.close()
+        channel = conn.channel()
+        for name in (ours, theirs):
+            channel.queue_delete(name)
+            channel.exchange_delete(name)
+        conn.release()

@@ -22,11 +22,13 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from amqp.exceptions import RecoverableConnectionError
 from kombu.connection import Connection
 from kombu.exceptions import OperationalError
 from kombu.messaging import Producer
 
 from uno_jobs.broker._amqp import buffer_reads, set_socket_timeout
+from uno_jobs.broker._amqp_frames import publish_frames
 from uno_jobs.broker._spec import BrokerSpec
 from uno_jobs.broker._sqs import SqsSizes
 from uno_jobs.broker._topology import kombu_queue
@@ -48,6 +50,8 @@ class UncapturableError(Exception):
 
 
 _CLOSE_TIMEOUT_SECONDS = 1.0
+#: Frames of a RabbitMQ batch gathered before a socket write.
+_WRITE_BYTES = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,19 +232,65 @@ class PublishSession:
         )
 
     def _publish_each(self, producer: Producer, wire: Sequence[tuple[str, Encoded]]) -> None:
-        """Publish message by message through kombu's ``Producer``. On Redis inside the
-        channel's ``publish_batch()``: it sends them at the end of the block in one
-        pipeline, and raises if any of them was refused; a lone message goes that way too
-        (on the channel's kept client: kombu makes one per command). A lone embedded
-        message is one autocommitted INSERT."""
+        """Publish message by message. On RabbitMQ the session writes the frames itself
+        (``_amqp_frames``), up to ``_WRITE_BYTES`` of them per socket write, and a message
+        they cannot carry goes through kombu's ``Producer`` after the ones before it. On
+        Redis inside the channel's ``publish_batch()``: it sends them at the end of the
+        block in one pipeline, and raises if any of them was refused; a lone message goes
+        that way too (on the channel's kept client: kombu makes one per command). A lone
+        embedded message is one autocommitted INSERT."""
         batch: AbstractContextManager[Any] = (
             self._channel.publish_batch() if self.spec.kind == "redis" else nullcontext()
         )
+        direct = self._confirms is not None and self._own_conn
+        unwritten: list[bytes] = []
+        size = 0
         with batch:
             for routing_key, enc in wire:
-                self._publish_one(producer, routing_key, enc)
+                frames = self._frames(routing_key, enc) if direct else None
+                if frames is None:
+                    self._write(unwritten)
+                    size = 0
+                    self._publish_one(producer, routing_key, enc)
+                else:
+                    unwritten.append(frames)
+                    size += len(frames)
+                    if size >= _WRITE_BYTES:
+                        self._write(unwritten)
+                        size = 0
                 if self._confirms is not None:
                     self._confirms.next_tag()
+            self._write(unwritten)
+
+    def _frames(self, routing_key: str, enc: Encoded) -> bytes | None:
+        """An AMQP publish's frames as py-amqp would write them (``_amqp_frames``), or
+        ``None`` when they cannot be built exactly (kombu publishes that message)."""
+        return publish_frames(
+            self._channel.channel_id,
+            routing_key,
+            routing_key,
+            enc.body,
+            enc.headers,
+            enc.content_type,
+            enc.content_encoding,
+            enc.properties,
+            self._conn.connection.frame_max,
+        )
+
+    def _write(self, unwritten: list[bytes]) -> None:
+        """Write (and clear) frames built by ``_frames``, in one socket write. Only on the
+        session's own connection: py-amqp's frame writer serialises the writes of threads
+        sharing a connection with a lock of its own, which this cannot take."""
+        if not unwritten:
+            return
+        amqp_conn = self._conn.connection
+        transport = amqp_conn.transport
+        if transport is None or self._channel.connection is None:
+            raise RecoverableConnectionError("connection already closed")
+        data = unwritten[0] if len(unwritten) == 1 else b"".join(unwritten)
+        unwritten.clear()
+        transport.write(data)
+        amqp_conn.bytes_sent += 1  # py-amqp counts its writes so (heartbeats)
 
     def _check_delays(self, items: Sequence[Outgoing]) -> None:
         """A broker-held delay on a broker that cannot hold one is a bug of the caller:
