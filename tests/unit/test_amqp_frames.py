@@ -156,3 +156,132 @@ def test_properties_it_cannot_write_as_kombu_would_are_declined(
 
 def test_a_text_body_is_declined() -> None:
     assert publish_frames(1, "e", "r", "text", {}, "t", "e", {}, 131072) is None  # type: ignore[arg-type]
+
+
+# --- reading: FrameReader and read_properties against py-amqp's frame_handler ------------
+
+
+def frames_of(data: bytes) -> list[tuple[int, int, bytes]]:
+    """Split written bytes into the (type, channel, payload) frames a transport reads."""
+    import struct
+
+    frames = []
+    offset = 0
+    while offset < len(data):
+        kind, channel, size = struct.unpack_from(">BHI", data, offset)
+        frames.append((kind, channel, data[offset + 7 : offset + 7 + size]))
+        offset += 8 + size
+    return frames
+
+
+def deliver(channel: int, body: bytes, headers: dict[str, Any], frame_max: int = 131072) -> Any:
+    """The frames of a ``basic.deliver`` of ``body``: a publish's header and body frames
+    behind a deliver method frame."""
+    import struct
+
+    method = spec.Basic.Deliver
+    args = dumps("sLbss", ("ctag", 7, False, "ex", "rk"))
+    method_frame = struct.pack(">BHI", 1, channel, 4 + len(args)) + struct.pack(">HH", *method)
+    method_frame += args + b"\xce"
+    published = py_amqp_bytes(
+        channel, "ex", "rk", body, headers, {"correlation_id": "c"}, frame_max
+    )
+    return [frames_of(method_frame)[0], *frames_of(published)[1:]]
+
+
+def handled(reader_factory: Any, frames: list[Any]) -> list[Any]:
+    """What a frame handler made of ``frames``: its return values, its callbacks (a
+    message as body, properties, size and readiness) and the frames it counted."""
+    calls: list[Any] = []
+    connection = SimpleNamespace(bytes_recv=0)
+    reader = reader_factory(connection, lambda *args: calls.append(args))
+    results = [reader(frame) for frame in frames]
+    out = []
+    for channel, method, args, message in calls:
+        out.append(
+            (
+                channel,
+                tuple(method),
+                bytes(args),
+                None
+                if message is None
+                else (message.body, message.properties, message.body_size, message.ready),
+            )
+        )
+    return [results, out, connection.bytes_recv]
+
+
+def both(frames: list[Any]) -> tuple[Any, Any]:
+    from amqp.method_framing import frame_handler
+
+    from uno_jobs.broker._amqp_frames import FrameReader
+
+    return handled(frame_handler, frames), handled(FrameReader, frames)
+
+
+def test_a_celery_protocol_delivery_reads_as_py_amqp_reads_it() -> None:
+    enc = encode(new_message("app.add", [1, "ünï"], {"k": 2.5}, queue="q"))
+    theirs, ours_ = both(deliver(1, enc.body, dict(enc.headers)))
+    assert ours_ == theirs
+    assert ours_[1][0][3][1]["application_headers"]["id"] == enc.headers["id"]
+
+
+def test_every_header_type_reads_as_py_amqp_reads_it() -> None:
+    headers: dict[str, Any] = {
+        "s": "héllo",
+        "n": None,
+        "i": -5,
+        "big": 2**40,
+        "f": 0.25,
+        "t": True,
+        "a": [1, [None, "x"], {"k": False}],
+        "d": {"nested": {"x": 1.5}},
+        "raw": b"bytes",
+    }
+    theirs, ours_ = both(deliver(3, b"[]", headers))
+    assert ours_ == theirs
+
+
+def test_types_it_leaves_to_py_amqp_read_the_same() -> None:
+    headers = {
+        "when": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
+        "amount": decimal.Decimal("1.25"),
+    }
+    theirs, ours_ = both(deliver(1, b"[]", headers))
+    assert ours_ == theirs
+
+
+def test_text_that_is_not_utf8_reads_as_py_amqp_reads_it() -> None:
+    frames = deliver(1, b"[]", {"k": "abc"})
+    kind, channel, payload = frames[1]
+    broken = payload.replace(b"S\x00\x00\x00\x03abc", b"S\x00\x00\x00\x03\xff\xfe\xfd")
+    assert broken != payload
+    frames[1] = (kind, channel, broken)
+    theirs, ours_ = both(frames)
+    assert ours_ == theirs
+
+
+def test_a_body_in_several_frames_and_an_empty_body() -> None:
+    theirs, ours_ = both(deliver(1, b"x" * 10000, {"id": "1"}, frame_max=4096))
+    assert ours_ == theirs
+    assert ours_[1][0][3][0] == b"x" * 10000
+    theirs, ours_ = both(deliver(1, b"", {"id": "1"}))
+    assert ours_ == theirs
+
+
+def test_methods_heartbeats_and_frames_out_of_order() -> None:
+    from amqp.exceptions import UnexpectedFrame
+    from amqp.method_framing import frame_handler
+
+    from uno_jobs.broker._amqp_frames import FrameReader
+
+    ack = (1, 1, b"\x00\x3c\x00\x50" + b"\x00" * 9)
+    heartbeat = (8, 0, b"")
+    frames = deliver(1, b"[]", {})
+    sequence = [ack, frames[0], heartbeat, frames[1], frames[2], ack]
+    theirs, ours_ = both(sequence)
+    assert ours_ == theirs
+    for factory in (frame_handler, FrameReader):
+        reader = factory(SimpleNamespace(bytes_recv=0), lambda *args: None)
+        with pytest.raises(UnexpectedFrame):
+            reader(frames[1])  # a content header with no method before it

@@ -34,7 +34,7 @@ from typing import Any
 from kombu.connection import Connection
 from kombu.messaging import Consumer as KombuConsumer
 
-from uno_jobs.broker._amqp import buffer_reads, rpc_timeout, set_socket_timeout
+from uno_jobs.broker._amqp import buffer_reads, read_frames, rpc_timeout, set_socket_timeout
 from uno_jobs.broker._publisher import Outgoing, PublishSession
 from uno_jobs.broker._spec import BrokerSpec, sqs_visibility_seconds
 from uno_jobs.broker._topology import kombu_queue
@@ -392,6 +392,8 @@ class ConsumerThread(threading.Thread):
             # The embedded and Redis channels remove what is no message; the report is ours.
             hook: Any = channel
             hook.on_invalid_envelope = self._invalid_envelope
+        if self._amqp:
+            read_frames(conn)  # before any delivery: no message is half read yet
         self._consumer.qos(prefetch_count=self._prefetch)
         self._session = PublishSession(self.spec, connection=conn)
         if self._consuming_wanted:
