@@ -264,7 +264,11 @@ class PublishSession:
 
     def _frames(self, routing_key: str, enc: Encoded) -> bytes | None:
         """An AMQP publish's frames as py-amqp would write them (``_amqp_frames``), or
-        ``None`` when they cannot be built exactly (kombu publishes that message)."""
+        ``None`` when they cannot be built exactly (kombu publishes that message) or
+        the channel has lost its connection (kombu's publish raises for that)."""
+        amqp_conn = self._channel.connection
+        if amqp_conn is None:
+            return None
         return publish_frames(
             self._channel.channel_id,
             routing_key,
@@ -274,7 +278,7 @@ class PublishSession:
             enc.content_type,
             enc.content_encoding,
             enc.properties,
-            self._conn.connection.frame_max,
+            amqp_conn.frame_max,
         )
 
     def _write(self, unwritten: list[bytes]) -> None:
@@ -283,9 +287,11 @@ class PublishSession:
         sharing a connection with a lock of its own, which this cannot take."""
         if not unwritten:
             return
-        amqp_conn = self._conn.connection
-        transport = amqp_conn.transport
-        if transport is None or self._channel.connection is None:
+        # The channel's own py-amqp connection: kombu's ``connection`` property would
+        # open a new one if this one were closed.
+        amqp_conn = self._channel.connection
+        transport = amqp_conn.transport if amqp_conn is not None else None
+        if transport is None:
             raise RecoverableConnectionError("connection already closed")
         data = unwritten[0] if len(unwritten) == 1 else b"".join(unwritten)
         unwritten.clear()
