@@ -3,24 +3,27 @@
 The reference is py-amqp's own path as kombu's ``Producer.publish`` drives it on a py-amqp
 channel: ``Message(body, priority=0, content_type=..., content_encoding=...,
 application_headers=headers, delivery_mode=2, **properties)`` written by the
-connection's ``frame_writer`` as ``basic.publish``. ``tests/integration/
-test_amqp_publish_frames.py`` compares against kombu's ``Producer`` on a live channel.
+connection's ``frame_writer`` as ``basic.publish``. The reading side, ``FrameReader``,
+is compared with py-amqp's ``frame_handler`` on the same frames. ``tests/integration/
+test_batch_publish.py`` compares against kombu's ``Producer`` on a live channel.
 """
 
 from __future__ import annotations
 
 import datetime
 import decimal
+import struct
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from amqp import spec
 from amqp.basic_message import Message
-from amqp.method_framing import frame_writer
+from amqp.exceptions import UnexpectedFrame
+from amqp.method_framing import frame_handler, frame_writer
 from amqp.serialization import dumps
 
-from uno_jobs.broker._amqp_frames import publish_frames
+from uno_jobs.broker._amqp_frames import FrameReader, publish_frames
 from uno_jobs.message import encode, new_message
 
 
@@ -157,8 +160,6 @@ def test_a_text_body_is_declined() -> None:
 
 def frames_of(data: bytes) -> list[tuple[int, int, bytes]]:
     """Split written bytes into the (type, channel, payload) frames a transport reads."""
-    import struct
-
     frames = []
     offset = 0
     while offset < len(data):
@@ -171,8 +172,6 @@ def frames_of(data: bytes) -> list[tuple[int, int, bytes]]:
 def deliver(channel: int, body: bytes, headers: dict[str, Any], frame_max: int = 131072) -> Any:
     """The frames of a ``basic.deliver`` of ``body``: a publish's header and body frames
     behind a deliver method frame."""
-    import struct
-
     method = spec.Basic.Deliver
     args = dumps("sLbss", ("ctag", 7, False, "ex", "rk"))
     method_frame = struct.pack(">BHI", 1, channel, 4 + len(args)) + struct.pack(">HH", *method)
@@ -206,10 +205,6 @@ def handled(reader_factory: Any, frames: list[Any]) -> list[Any]:
 
 
 def both(frames: list[Any]) -> tuple[Any, Any]:
-    from amqp.method_framing import frame_handler
-
-    from uno_jobs.broker._amqp_frames import FrameReader
-
     return handled(frame_handler, frames), handled(FrameReader, frames)
 
 
@@ -264,11 +259,6 @@ def test_a_body_in_several_frames_and_an_empty_body() -> None:
 
 
 def test_methods_heartbeats_and_frames_out_of_order() -> None:
-    from amqp.exceptions import UnexpectedFrame
-    from amqp.method_framing import frame_handler
-
-    from uno_jobs.broker._amqp_frames import FrameReader
-
     ack = (1, 1, b"\x00\x3c\x00\x50" + b"\x00" * 9)
     heartbeat = (8, 0, b"")
     frames = deliver(1, b"[]", {})

@@ -31,11 +31,16 @@ _CHUNK = 65536
 _RETRY_ERRNOS = (errno.EAGAIN, errno.EINTR)
 
 
-def _transport(conn: Any) -> Any:
-    # kombu's ``connection`` property connects when not connected: ask first.
+def _amqp_connection(conn: Any) -> Any:
+    """The py-amqp connection under a kombu connection, or ``None`` if it is not connected
+    (kombu's ``connection`` property would connect: ask first)."""
     if not getattr(conn, "connected", False):
         return None
-    return getattr(conn.connection, "transport", None)
+    return conn.connection
+
+
+def _transport(conn: Any) -> Any:
+    return getattr(_amqp_connection(conn), "transport", None)
 
 
 class _BufferedReader:
@@ -103,9 +108,7 @@ def read_frames(conn: Any) -> None:
     ``_amqp_frames.FrameReader`` (a faster reader of a message's properties). Call it
     before any delivery is on its way: a message py-amqp's handler has half read would
     be lost with it."""
-    if not getattr(conn, "connected", False):
-        return
-    amqp_conn = getattr(conn, "connection", None)
+    amqp_conn = _amqp_connection(conn)
     if amqp_conn is not None and hasattr(amqp_conn, "on_inbound_method"):
         amqp_conn.on_inbound_frame = FrameReader(amqp_conn, amqp_conn.on_inbound_method)
 

@@ -15,8 +15,12 @@ frame, the content header (properties in py-amqp's order and encodings, the head
 values as its ``_write_item`` encodes them) and the body frames, split at the
 connection's ``frame_max``. Values it has no exact encoding for (another type, a
 short string over 255 bytes, an integer out of range) make it return ``None``, and the
-caller publishes through kombu as before. ``tests/unit/test_amqp_frames.py`` compares
-its bytes with what py-amqp writes.
+caller publishes through kombu as before.
+
+``FrameReader`` does py-amqp's frame handler's work for a consumer's connection, with a
+message's properties read by ``read_properties``; what that does not read exactly as
+py-amqp does goes to py-amqp's reader. ``tests/unit/test_amqp_frames.py`` compares both
+with py-amqp's own writer and handler.
 """
 
 from __future__ import annotations
@@ -278,19 +282,17 @@ _LATE_SHORT_PROPERTIES = (
 
 
 def _read_value(buf: bytes, offset: int) -> tuple[Any, int]:
-    """A field value as py-amqp's ``_read_item`` reads it; the types it reads in other
-    ways (a decimal, a timestamp, a byte array, text that is not UTF-8) raise
-    ``_Unencodable``, and the caller leaves the whole content header to py-amqp."""
+    """A field value as py-amqp's ``_read_item`` reads it. The types it reads in other
+    ways raise, and ``read_properties`` leaves the whole content header to py-amqp: a
+    decimal, a timestamp or a byte array ``_Unencodable``, text that is not UTF-8
+    ``UnicodeDecodeError`` (py-amqp keeps that as bytes in a table)."""
     kind = buf[offset]
     offset += 1
     if kind == _S:
         (size,) = _U32.unpack_from(buf, offset)
         offset += 4
         end = offset + size
-        try:
-            return buf[offset:end].decode("utf-8", "surrogatepass"), end
-        except UnicodeDecodeError:
-            raise _Unencodable from None
+        return buf[offset:end].decode("utf-8", "surrogatepass"), end
     if kind == _V:
         return None, offset
     if kind == _T:
@@ -318,31 +320,25 @@ def _read_table(buf: bytes, offset: int) -> tuple[dict[str, Any], int]:
     end = offset + size
     table: dict[str, Any] = {}
     unpack_u32 = _U32.unpack_from
-    try:
-        while offset < end:
-            name_end = offset + 1 + buf[offset]
-            name = buf[offset + 1 : name_end].decode("utf-8", "surrogatepass")
-            kind = buf[name_end]
-            if kind == _S:  # most values: read here, without a call
-                value_start = name_end + 5
-                offset = value_start + unpack_u32(buf, name_end + 1)[0]
-                table[name] = buf[value_start:offset].decode("utf-8", "surrogatepass")
-            elif kind == _V:
-                table[name] = None
-                offset = name_end + 1
-            else:
-                table[name], offset = _read_value(buf, name_end)
-    except UnicodeDecodeError:
-        raise _Unencodable from None
+    while offset < end:
+        name_end = offset + 1 + buf[offset]
+        name = buf[offset + 1 : name_end].decode("utf-8", "surrogatepass")
+        kind = buf[name_end]
+        if kind == _S:  # most values: read here, without a call
+            value_start = name_end + 5
+            offset = value_start + unpack_u32(buf, name_end + 1)[0]
+            table[name] = buf[value_start:offset].decode("utf-8", "surrogatepass")
+        elif kind == _V:
+            table[name] = None
+            offset = name_end + 1
+        else:
+            table[name], offset = _read_value(buf, name_end)
     return table, offset
 
 
 def _read_shortstr(buf: bytes, offset: int) -> tuple[str, int]:
     end = offset + 1 + buf[offset]
-    try:
-        return buf[offset + 1 : end].decode("utf-8", "surrogatepass"), end
-    except UnicodeDecodeError:
-        raise _Unencodable from None
+    return buf[offset + 1 : end].decode("utf-8", "surrogatepass"), end
 
 
 def read_properties(buf: bytes, offset: int) -> dict[str, Any] | None:
@@ -376,7 +372,7 @@ def read_properties(buf: bytes, offset: int) -> dict[str, Any] | None:
         for bit, name in _LATE_SHORT_PROPERTIES:
             if flags & bit:
                 properties[name], offset = _read_shortstr(buf, offset)
-    except (_Unencodable, IndexError, StructError):
+    except (_Unencodable, UnicodeDecodeError, IndexError, StructError):
         return None
     return properties
 
