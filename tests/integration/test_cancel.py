@@ -16,7 +16,7 @@ from typing import Any
 
 import contract_tasks  # registers the contract.* tasks; hold_until is used below
 import pytest
-from conftest import async_wait_until, opened, run, running
+from conftest import async_wait_until, make_broker_url, opened, run, running
 
 from uno_jobs import JobFailedError, JobStatus, Queue, task
 from uno_jobs.broker import Broker, Outgoing
@@ -313,3 +313,47 @@ def test_an_expired_cancellation_no_longer_stops_a_job(queue_name: str, tmp_path
         queue.close()
 
     run(main)
+
+
+def test_a_redis_worker_reads_no_cancellations_while_none_change(
+    queue_name: str, tmp_path: Path
+) -> None:
+    """Redis broker and store on one database: each fetch reads the cancellations' version
+    with its messages, so a delivery starts without a store read while it is the version
+    the worker holds; a cancellation moves it on, and the next delivery reads again."""
+    url, cleanup = make_broker_url("redis")
+    reads: list[str] = []
+
+    def spy(store: Any, name: str) -> None:
+        original = getattr(store, name)
+
+        def counted(known_version: int | None) -> Any:
+            reads.append(name)
+            return original(known_version)
+
+        setattr(store, name, counted)
+
+    async def main() -> None:
+        async with opened(queue_name, url) as queue:
+            worker = worker_for(queue)
+            async with running(worker):
+                warm_up = await queue.enqueue("contract.add", [0, 1])
+                assert await warm_up.wait(timeout=15) == 1
+                spy(worker._store, "cancellations")
+                spy(worker._store, "cancellations_quick")
+                for i in range(5):
+                    job = await queue.enqueue("contract.add", [i, 1])
+                    assert await job.wait(timeout=15) == i + 1
+                assert reads == []
+                await worker.pause()
+                late = await queue.enqueue("contract.mark", [str(tmp_path), "late"])
+                assert await queue.cancel(late.id) == JobStatus.QUEUED
+                await worker.resume()
+                await assert_dead(queue, late.id, "cancelled")
+                assert reads, "a version that moved on is read"
+            assert marks(tmp_path, "late") == []
+
+    try:
+        run(main)
+    finally:
+        cleanup()

@@ -168,6 +168,44 @@ def test_a_fetch_records_each_message_as_kombu_would(redis_home: Isolated) -> No
         assert redis_home.raw.zcard(redis_home.key("unacked_index")) == 0
 
 
+def test_a_fetch_reads_the_cancellations_version_with_its_messages(
+    redis_home: Isolated,
+) -> None:
+    """With ``cancel_version_key`` set, each message carries the key's value as the fetch
+    that took it read it ('0' while unset); the reply of an empty fetch stays empty."""
+    version_key = redis_home.key("jobs:cancel_version")
+    with channel_on(redis_home.url) as (conn, channel):
+        received = consume(channel, prefetch=10)
+        publish(channel, "q", {"n": 0})
+        drain_until(conn, lambda: len(received) == 1)
+        assert received[0].cancel_version is None, "no key: no reading"
+        channel.cancel_version_key = version_key
+        redis_home.raw.set(version_key, 7)
+        publish(channel, "q", {"n": 1})
+        publish(channel, "q", {"n": 2})
+        drain_until(conn, lambda: len(received) == 3)
+        redis_home.raw.delete(version_key)
+        publish(channel, "q", {"n": 3})
+        drain_until(conn, lambda: len(received) == 4)
+        assert [(m.payload["n"], m.cancel_version) for m in received] == [
+            (0, None),
+            (1, 7),
+            (2, 7),
+            (3, 0),
+        ]
+        keys, owners = channel._lists(["q"])
+        assert channel._fetch_now(keys, owners, 4) == [], "nothing taken, no version"
+        redis_home.raw.set(version_key, 8)
+        publish(channel, "q", {"n": 4})
+        reply = channel._fetch_now(keys, owners, 4)
+        assert len(reply) == 3 + 1 and reply[-1] == b"8"
+        [item] = channel._parse(reply, keys, owners)
+        assert item.payload["body"] and item.tag == reply[1].decode()
+        channel.qos.forget([item.tag])
+        channel.basic_ack_many([m.delivery_tag for m in received])
+        assert redis_home.unacked() == {}
+
+
 def test_a_fetch_never_takes_more_than_its_window(redis_home: Isolated) -> None:
     with channel_on(redis_home.url) as (conn, channel):
         for i in range(20):

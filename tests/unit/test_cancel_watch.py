@@ -203,3 +203,27 @@ def test_no_quick_read_while_a_thread_read_is_on_its_way() -> None:
         return [await first, await second]
 
     assert asyncio.run(main()) == [False, True]
+
+
+def test_a_delivery_that_saw_the_held_version_needs_no_read() -> None:
+    """``seen_version``: the broker's reading when it handed the delivery out."""
+    store, watch = CountingStore(), CancelWatch()
+    store.inner.cancel("c", time.time())
+
+    async def main() -> list[bool]:
+        seen = store.inner.cancellations(None)[0]
+        # Nothing held yet: the reading cannot vouch for anything, the store is read.
+        answers = [await watch.is_cancelled(store, "c", 1, seen)]  # type: ignore[arg-type]
+        assert len(store.calls) == 1
+        answers += [
+            await watch.is_cancelled(store, job_id, tag, seen)  # type: ignore[arg-type]
+            for tag, job_id in enumerate(["c", "a", "c"], start=2)
+        ]
+        assert len(store.calls) == 1, "the held version: answered from the held ids"
+        store.inner.cancel("a", time.time())
+        moved = store.inner.cancellations(None)[0]
+        answers.append(await watch.is_cancelled(store, "a", 5, moved))  # type: ignore[arg-type]
+        assert len(store.calls) == 2, "another version: read"
+        return answers
+
+    assert asyncio.run(main()) == [True, True, False, True, True]

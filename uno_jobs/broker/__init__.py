@@ -85,13 +85,17 @@ class Broker:
         on_delivery: Callable[[Delivery], None],
         name: str,
         lease_interval: float | None = None,
+        cancel_version_key: str | None = None,
     ) -> ConsumerThread:
         """A consumer thread for ``queues`` (not started).
 
         ``lease_interval``: how often held messages' leases are renewed (Redis, embedded);
-        at most a third of the visibility timeout.
+        at most a third of the visibility timeout. ``cancel_version_key``: see
+        ``ConsumerThread``.
         """
-        return ConsumerThread(self.spec, queues, prefetch_count, on_delivery, name, lease_interval)
+        return ConsumerThread(
+            self.spec, queues, prefetch_count, on_delivery, name, lease_interval, cancel_version_key
+        )
 
     def sizes(self, names: Sequence[str]) -> dict[str, int]:
         """Ready messages per broker queue (declaring missing queues)."""

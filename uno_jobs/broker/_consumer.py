@@ -64,6 +64,9 @@ class Delivery:
     content_type: str | None
     content_encoding: str | None
     redelivered: bool
+    #: The job store's cancellations version read when the broker handed the message
+    #: out (uno_jobs' Redis channel, see ``ConsumerThread``), else ``None``.
+    cancel_version: int | None = None
 
 
 class ConsumerThread(threading.Thread):
@@ -75,6 +78,10 @@ class ConsumerThread(threading.Thread):
         prefetch_count: The in-flight window (running + prefetched messages).
         on_delivery: Called in this thread for every message received; must not block.
         name: Thread name (the worker id).
+        lease_interval: How often held messages' leases are renewed (Redis, embedded).
+        cancel_version_key: A job store's cancellations version key, on the Redis broker's
+            own database (``RedisStore.cancel_version_key``): the channel reads it with each
+            fetch, and each delivery carries the value (``Delivery.cancel_version``).
     """
 
     def __init__(
@@ -85,8 +92,10 @@ class ConsumerThread(threading.Thread):
         on_delivery: Callable[[Delivery], None],
         name: str,
         lease_interval: float | None = None,
+        cancel_version_key: str | None = None,
     ) -> None:
         super().__init__(name=f"uno-consumer-{name}", daemon=True)
+        self._cancel_version_key = cancel_version_key
         third = spec.visibility_timeout / 3
         self._lease_interval = min(lease_interval, third) if lease_interval else third
         self.spec = spec
@@ -388,6 +397,8 @@ class ConsumerThread(threading.Thread):
             no_ack=False,
             on_decode_error=self._undecodable,
         )
+        if self._cancel_version_key is not None and hasattr(channel, "cancel_version_key"):
+            channel.cancel_version_key = self._cancel_version_key
         if hasattr(channel, "on_invalid_envelope"):
             # The embedded and Redis channels remove what is no message; the report is ours.
             hook: Any = channel
@@ -455,6 +466,7 @@ class ConsumerThread(threading.Thread):
                     content_type=content_type,
                     content_encoding=encoding,
                     redelivered=_redelivered(info),
+                    cancel_version=getattr(message, "cancel_version", None),
                 )
             )
             return

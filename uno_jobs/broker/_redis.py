@@ -20,7 +20,11 @@ How a message flows:
    ``q.critical, q.high, q, q.low``), each with kombu's priority sub-keys. N is the free
    room of the prefetch window (``basic_qos``), at most ``FETCH_LIMIT`` (100). A reply lost
    on the way leaves its messages in the unacked index, and the sweep puts them back after
-   ``visibility_timeout``: a dropped or half-open connection loses nothing.
+   ``visibility_timeout``: a dropped or half-open connection loses nothing. A worker whose
+   job store is on the same database sets ``cancel_version_key``: the script then also
+   reads the store's cancellations version, in the same atomic step, and each message
+   carries it (``Message.cancel_version``; the worker's ``CancelWatch`` skips its store
+   read when it is the version it holds).
 2. **Deliver.** The items go to the ``basic_consume`` callbacks; ``QoS.append`` keeps only
    kombu's in-memory bookkeeping for them, since their entries exist already.
 3. **Wait.** After an empty fetch the poll connection blocks with ``BLMOVE key key RIGHT
@@ -127,7 +131,13 @@ class _UnreadableEnvelope(Exception):
 
 class Message(virtual.Message):
     """kombu's virtual message, raising ``_UnreadableEnvelope`` for an envelope it cannot
-    read (a body that is not in its ``body_encoding``, say), so that it is dropped."""
+    read (a body that is not in its ``body_encoding``, say), so that it is dropped.
+
+    ``cancel_version``: the job store's cancellations version read by the fetch that took
+    the message (``Channel.cancel_version_key``), else ``None``.
+    """
+
+    cancel_version: int | None
 
     def __init__(self, payload: Any, channel: Any = None, **kwargs: Any) -> None:
         try:
@@ -136,6 +146,7 @@ class Message(virtual.Message):
             raise _UnreadableEnvelope(
                 f"kombu cannot read it ({type(exc).__name__}: {exc})"
             ) from exc
+        self.cancel_version = getattr(channel, "_delivering_version", None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +235,10 @@ class Channel(PublishChannel):
         self._idle = False  # the last fetch came back empty: wait before the next one
         self._fetch_sha: str | None = None
         self._owner = f"{os.getpid()}.{secrets.token_hex(6)}"
+        #: A job store's cancellations version key (full name) the fetch reads with its
+        #: pops (``RedisStore.cancel_version_key``); each message then carries the value.
+        self.cancel_version_key: str | None = None
+        self._delivering_version: int | None = None
         #: Told about every item dropped as unreadable: ``(queue, raw item, problem)``.
         self.on_invalid_envelope: Callable[[str, object, str], None] = _log_invalid_envelope
         super().__init__(*args, **kwargs)
@@ -376,7 +391,8 @@ class Channel(PublishChannel):
         self._idle = not reply
         if not reply:
             raise Empty()
-        self._hand_out(self._parse(reply, sent.keys, sent.queues))
+        version = int(reply[-1]) if len(reply) % 3 else None
+        self._hand_out(self._parse(reply, sent.keys, sent.queues), version)
         return True
 
     def close(self) -> None:
@@ -417,12 +433,14 @@ class Channel(PublishChannel):
             room = self.qos.can_consume_max_estimate()
             limit = FETCH_LIMIT if room is None else max(1, min(room, FETCH_LIMIT))
         prefix = self.global_keyprefix
+        extra = () if self.cancel_version_key is None else (self.cancel_version_key,)
         return [
-            len(keys) + 3,
+            len(keys) + len(extra) + 3,
             prefix + self.unacked_key,
             prefix + self.unacked_index_key,
             prefix + self.owner_key,
             *keys,
+            *extra,
             limit,
             repr(time.time()),
             self._owner_ttl_ms,
@@ -467,10 +485,11 @@ class Channel(PublishChannel):
     def _parse(
         self, reply: Sequence[Any], keys: tuple[str, ...], queues: tuple[str, ...]
     ) -> list[_Fetched]:
-        """The items of a fetch reply; those that cannot be read are dropped and reported."""
+        """The items of a fetch reply (without the version that may end it); those that
+        cannot be read are dropped and reported."""
         fetched: list[_Fetched] = []
         unreadable: list[str] = []
-        for i in range(0, len(reply), 3):
+        for i in range(0, len(reply) - len(reply) % 3, 3):
             position, tag, raw = int(reply[i]), reply[i + 1].decode(), reply[i + 2]
             key, queue = keys[abs(position) - 1], queues[abs(position) - 1]
             if position < 0:
@@ -490,9 +509,13 @@ class Channel(PublishChannel):
         self.qos.forget(unreadable)
         return fetched
 
-    def _hand_out(self, fetched: list[_Fetched]) -> None:
-        """Deliver fetched items to the consumers; hand back what nobody received."""
+    def _hand_out(self, fetched: list[_Fetched], cancel_version: int | None = None) -> None:
+        """Deliver fetched items to the consumers; hand back what nobody received.
+
+        ``cancel_version``: the fetch's reading of ``cancel_version_key``, given to each
+        message made meanwhile (``Message.cancel_version``)."""
         transport = self.connection
+        self._delivering_version = cancel_version
         recorded: set[str] = transport.recorded_tags
         unwanted: list[_Fetched] = []  # their queue has no consumer (any more)
         forget: list[str] = []  # unreadable, or taken by a consumer that does not ack
@@ -517,6 +540,7 @@ class Channel(PublishChannel):
                     recorded.discard(item.tag)
                     forget.append(item.tag)
         finally:
+            self._delivering_version = None
             self.qos.forget(forget)
             if unwanted:
                 self._hand_back(unwanted)

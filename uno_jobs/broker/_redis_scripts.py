@@ -10,17 +10,18 @@ from __future__ import annotations
 __all__ = ["FETCH_SCRIPT", "HAND_BACK_SCRIPT", "RESTORE_OWNER_SCRIPT"]
 
 # KEYS: unacked hash, unacked index, the channel's owner set, then the lists in the order
-# to take from.
+# to take from, then (optional) a job store's cancellations version key.
 # ARGV: the most items to take, the index score, the owner set's TTL in milliseconds, then
 # the queue of each list (the routing key recorded for an item whose envelope has none).
 # Returns {position, tag, item, ...}: the 1-based position of the item's list, negated
 # (and the tag empty) for an item that is not an envelope with a delivery tag: popped, not
-# recorded.
+# recorded. With a version key and any item taken, the key's value ('0' if unset) follows,
+# read in the same atomic step as the pops.
 FETCH_SCRIPT = """
 local limit = tonumber(ARGV[1])
 local taken = {}
 local count = 0
-for k = 4, #KEYS do
+for k = 4, #ARGV do
   if count >= limit then break end
   local items = redis.call('RPOP', KEYS[k], limit - count)
   if items then
@@ -50,7 +51,10 @@ for k = 4, #KEYS do
     end
   end
 end
-if #taken > 0 then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
+if #taken > 0 then
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+  if #KEYS > #ARGV then taken[#taken + 1] = redis.call('GET', KEYS[#ARGV + 1]) or '0' end
+end
 return taken
 """
 

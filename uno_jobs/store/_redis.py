@@ -620,6 +620,18 @@ class RedisStore:
             chunk = ids[start : start + _UNCANCEL_CHUNK]
             self._uncancel(keys=[self._cancelled, self._cancel_version], args=chunk)
 
+    def cancel_version_key(self, broker_url: str) -> str | None:
+        """The Redis key of the cancellations' version, for a Redis broker on this store's
+        own server and database (``broker_url``), else ``None``.
+
+        A worker's Redis channel reads it in the same script that takes its messages
+        (``CancelWatch``): ``cancel`` moves it on before it returns, so the value read
+        there covers every cancellation made before those messages were delivered.
+        """
+        if not broker_url.startswith(("redis://", "rediss://")):
+            return None
+        return self._cancel_version if self.same_database(broker_url) else None
+
     def cancellations(self, known_version: int | None) -> tuple[int, frozenset[str] | None]:
         """The version of the cancelled ids, and the ids unless that is ``known_version``.
 

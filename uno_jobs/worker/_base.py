@@ -219,8 +219,16 @@ class BaseWorker:
         self._recorder.start()
         self._executor = self.make_executor()
         window = self.concurrency + (opts.batch_size if opts.prefetch else 0)
+        # A Redis store on the broker's database: each fetch reads the cancellations'
+        # version, and a delivery whose reading is the version held starts without a read.
+        version_key = getattr(self._store, "cancel_version_key", None)
         self._consumer = consumer = self._broker.consumer(
-            self._levels, window, self._on_delivery, self.worker_id, opts.heartbeat_interval
+            self._levels,
+            window,
+            self._on_delivery,
+            self.worker_id,
+            opts.heartbeat_interval,
+            cancel_version_key=version_key(self._broker.spec.url) if version_key else None,
         )
         self.stats.count_invalid_envelopes(lambda: consumer.invalid_envelopes)
         self._warn_about_consumer_timeout()
@@ -543,7 +551,9 @@ class BaseWorker:
             )
             return True
         # One store read serves every delivery that arrived before it (see CancelWatch).
-        if await self._cancels.is_cancelled(self._store, message.id, run.delivery.tag):
+        if await self._cancels.is_cancelled(
+            self._store, message.id, run.delivery.tag, run.delivery.cancel_version
+        ):
             self._dead.dead_letter(
                 run.delivery,
                 self.queue_name,

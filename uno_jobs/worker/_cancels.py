@@ -17,6 +17,14 @@ for a thread hop there and back (about half a millisecond on an idle machine). A
 with a read bounded to a fraction of a second (``cancellations_quick``: Redis, 0.25 s) is
 read on the loop too, unless that read gives up; then, and for any other store
 (plugins), the read is made in a thread (``asyncio.to_thread``).
+
+A delivery may come with the version as the broker read it when it handed the message
+out (``Delivery.cancel_version``: uno_jobs' Redis channel reads a Redis store's version in
+the script that takes the messages, when both share a database). ``cancel`` moves the
+version on before it returns, so that reading covers every cancellation made before the
+delivery: when it is the version whose ids are held here, the delivery needs no read at
+all (on Redis, a round trip less before a job starts). Any other reading is ignored and
+the refresh above runs.
 """
 
 from __future__ import annotations
@@ -46,16 +54,21 @@ class CancelWatch:
         if tag > self._latest:
             self._latest = tag
 
-    async def is_cancelled(self, store: JobStore, job_id: str, tag: int) -> bool:
+    async def is_cancelled(
+        self, store: JobStore, job_id: str, tag: int, seen_version: int | None = None
+    ) -> bool:
         """Whether ``job_id`` was cancelled before its delivery ``tag`` arrived.
 
         Waits for a refresh that began after the delivery arrived, unless one did already;
-        concurrent callers share it.
+        concurrent callers share it. ``seen_version``: the version the broker read when it
+        handed the delivery out (module docstring); if it is the one held, no refresh.
 
         Raises:
             Exception: whatever the store raised (the delivery is handed back).
         """
         self.arrived(tag)  # it has, whether or not the inbox said so
+        if seen_version is not None and seen_version == self._version:
+            return job_id in self._ids
         if self._covered < tag and self._refresh is None:
             # Read here, on the loop, where the store allows it. Not while a refresh is
             # in a thread: two reads at once could leave an older answer last.
