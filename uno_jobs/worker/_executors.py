@@ -99,6 +99,11 @@ class _DaemonThreadPool:
     ``PyThreadState_SetAsyncExc``). It takes effect at the thread's next Python bytecode:
     a blocking C call (``time.sleep``, a socket read, a C extension) finishes first, and
     the thread's slot is free only once the call has unwound.
+
+    Threads start as calls need them, up to ``threads`` (as ``ThreadPoolExecutor``'s do):
+    a call starts a thread unless one is idle. An AsyncWorker whose tasks are coroutines
+    then keeps no thread for sync tasks at all, and an idle worker holds no thread stacks
+    or allocator arenas it never used.
     """
 
     def __init__(self, threads: int, name: str) -> None:
@@ -107,18 +112,23 @@ class _DaemonThreadPool:
         ] = queue.SimpleQueue()
         self._running: dict[int, asyncio.Future[Any]] = {}
         self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._serve, name=f"uno-{name}-{i}", daemon=True)
-            for i in range(threads)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._name = name
+        self._max_threads = threads
+        self._threads: list[threading.Thread] = []
+        # One permit per call a thread finished: that thread is waiting for the next one.
+        self._idle = threading.Semaphore(0)
 
     def submit(self, call: Callable[[], Any]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         # The caller's context (its current trace span) goes with the call to the thread.
         self._calls.put((functools.partial(contextvars.copy_context().run, call), loop, future))
+        if not self._idle.acquire(blocking=False) and len(self._threads) < self._max_threads:
+            thread = threading.Thread(
+                target=self._serve, name=f"uno-{self._name}-{len(self._threads)}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
         return future
 
     def _serve(self) -> None:
@@ -135,6 +145,7 @@ class _DaemonThreadPool:
             return False
         call, loop, future = item
         if future.cancelled():
+            self._idle.release()
             return True
         ident = threading.get_ident()
         with self._lock:
@@ -148,6 +159,7 @@ class _DaemonThreadPool:
         finally:
             with self._lock:
                 self._running.pop(ident, None)
+        self._idle.release()  # before the result: the job's next call may come at once
         loop.call_soon_threadsafe(_settle, future, result, error)
         return True
 
@@ -168,10 +180,12 @@ class _DaemonThreadPool:
     def shutdown(self, wait: bool) -> None:
         if not wait:
             self.interrupt()
-        for _ in self._threads:
+        threads = list(self._threads)
+        self._max_threads = 0  # no thread starts after this
+        for _ in threads:
             self._calls.put(None)
         if wait:
-            for thread in self._threads:
+            for thread in threads:
                 thread.join()
 
 
