@@ -202,6 +202,10 @@ def test_a_fetch_reads_the_cancellations_version_with_its_messages(
         [item] = channel._parse(reply, keys, owners)
         assert item.payload["body"] and item.tag == reply[1].decode()
         channel.qos.forget([item.tag])
+        redis_home.raw.set(version_key, "not a count")
+        publish(channel, "q", {"n": 5})
+        drain_until(conn, lambda: len(received) == 5)
+        assert received[4].cancel_version is None, "no reading: the worker reads the store"
         channel.basic_ack_many([m.delivery_tag for m in received])
         assert redis_home.unacked() == {}
 

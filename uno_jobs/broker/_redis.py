@@ -121,6 +121,15 @@ def _log_invalid_envelope(queue: str, raw: object, problem: str) -> None:
     )
 
 
+def _version_of(raw: Any) -> int | None:
+    """A fetch's reading of the cancellations version; ``None`` for a value that is not a
+    count (the store only ever ``INCR``s it): the worker then reads the store itself."""
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        return None
+
+
 class _UnreadableEnvelope(Exception):
     """kombu could not make a message of an envelope (``problem`` says why)."""
 
@@ -391,7 +400,7 @@ class Channel(PublishChannel):
         self._idle = not reply
         if not reply:
             raise Empty()
-        version = int(reply[-1]) if len(reply) % 3 else None
+        version = _version_of(reply[-1]) if len(reply) % 3 else None
         self._hand_out(self._parse(reply, sent.keys, sent.queues), version)
         return True
 
