@@ -180,6 +180,11 @@ def test_cancelling_a_job_waiting_for_its_retry(
     run(main)
 
 
+def _recorded_running(queue: Queue, job_id: str) -> bool:
+    record = queue.store.get(job_id)
+    return record is not None and record.status == JobStatus.RUNNING
+
+
 def test_a_running_job_is_not_interrupted(broker_url: str, queue_name: str, tmp_path: Path) -> None:
     release = tmp_path / "release"
 
@@ -190,6 +195,9 @@ def test_a_running_job_is_not_interrupted(broker_url: str, queue_name: str, tmp_
                     "contract.hold_until", [str(tmp_path), "held", str(release)]
                 )
                 await async_wait_until(lambda: marks(tmp_path, "held"), timeout=15)
+                # The worker records "running" through its recorder, a moment after the
+                # task started: cancel reads the record.
+                await async_wait_until(lambda: _recorded_running(queue, job.id), timeout=15)
                 assert await queue.cancel(job.id) == JobStatus.RUNNING
                 release.write_text("go")
                 assert await job.wait(timeout=15) == "held"
@@ -209,6 +217,9 @@ def test_a_cancelled_running_job_that_fails_is_not_retried(
                     "cancel_tests.hold_then_fail", [str(tmp_path), "f", str(release)]
                 )
                 await async_wait_until(lambda: marks(tmp_path, "f"), timeout=15)
+                # The worker records "running" through its recorder, a moment after the
+                # task started: cancel reads the record.
+                await async_wait_until(lambda: _recorded_running(queue, job.id), timeout=15)
                 assert await queue.cancel(job.id) == JobStatus.RUNNING
                 release.write_text("go")
                 await assert_dead(queue, job.id, "cancelled")

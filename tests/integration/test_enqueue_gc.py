@@ -88,3 +88,59 @@ def test_a_collector_the_application_turned_off_stays_off(
         gc.enable()
         asyncio.run(queue.delete())
         queue.close()
+
+
+def test_an_async_batch_stays_uncollected_from_its_preparation_to_its_return(
+    uno_home: Path, queue_name: str
+) -> None:
+    """``enqueue_many`` keeps the collector off between preparing and sending too: turned
+    on in between, it walked the whole prepared batch before the send (in the event
+    loop's thread, handing the batch to its worker thread). Watched: from the start of
+    the preparation to the end of the send."""
+    queue = Queue(queue_name, broker_url="embedded://")
+    seen: list[int] = []
+    inside = False
+
+    def count(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start" and inside:
+            seen.append(info["generation"])
+
+    prepare_all, send = queue._prepare_all, queue._send
+
+    def prepare_and_mark(jobs: Any) -> Any:
+        nonlocal inside
+        inside = True
+        return prepare_all(jobs)
+
+    def send_and_mark(prepared: Any) -> Any:
+        nonlocal inside
+        try:
+            return send(prepared)
+        finally:
+            inside = False
+
+    async def enqueue(specs: list[JobSpec]) -> int:
+        return len(await queue.enqueue_many(specs))
+
+    saved = gc.get_threshold()
+    was_enabled = gc.isenabled()
+    gc.enable()
+    gc.set_threshold(50, 10, 10)
+    gc.callbacks.append(count)
+    try:
+        queue.enqueue_sync("bench.noop")  # connect outside the counted part
+        queue._prepare_all = prepare_and_mark  # type: ignore[method-assign]
+        queue._send = send_and_mark  # type: ignore[method-assign]
+        specs = [JobSpec("bench.noop") for _ in range(GC_PAUSE_BATCH)]
+        assert asyncio.run(enqueue(specs)) == GC_PAUSE_BATCH
+        assert seen == [] and gc.isenabled()
+        # A small batch is left alone, and the window is watched: collections run in it.
+        assert asyncio.run(enqueue(specs[: GC_PAUSE_BATCH // 4])) == GC_PAUSE_BATCH // 4
+        assert seen != []
+    finally:
+        gc.callbacks.remove(count)
+        gc.set_threshold(*saved)
+        if not was_enabled:
+            gc.disable()
+        asyncio.run(queue.delete())
+        queue.close()

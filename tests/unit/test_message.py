@@ -27,6 +27,7 @@ from uno_jobs.message import (
     new_message,
     parse_priority,
     random_uuid,
+    time_ordered_uuid,
     timestamp_from_iso,
 )
 
@@ -447,7 +448,7 @@ def test_default_limit_is_256_kib() -> None:
 def test_new_message_fills_ids_origin_and_time(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("time.time", lambda: 1234.5)
     message = new_message("t", (1, 2), {"a": 1}, queue="q")
-    assert uuid.UUID(message.id).version == 4
+    assert uuid.UUID(message.id).version == 7
     assert message.root_id == message.id
     assert message.args == [1, 2]
     assert message.enqueued_at == 1234.5
@@ -525,6 +526,29 @@ def test_random_uuid_is_a_version_4_uuid_in_its_usual_text_form() -> None:
     # Every random position varies: the variant digit takes all four of its values.
     assert {text[19] for text in drawn} == set("89ab")
     assert len({text[0] for text in drawn}) == 16
+
+
+def test_time_ordered_uuid_is_a_version_7_uuid_of_the_time_in_milliseconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    drawn = [time_ordered_uuid() for _ in range(2000)]
+    assert len(set(drawn)) == len(drawn)
+    for text in drawn:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text
+    # The random positions vary: the variant digit takes all four of its values, and the
+    # digits after the version one all sixteen.
+    assert {text[19] for text in drawn} == set("89ab")
+    assert len({text[15] for text in drawn}) == 16
+    assert len({text[-1] for text in drawn}) == 16
+    # The first 48 bits are the Unix time in milliseconds: ids of later times sort after.
+    stamps = iter([1_700_000_000_123_456_789, 1_700_000_000_124_000_000])
+    monkeypatch.setattr("time.time_ns", lambda: next(stamps))
+    first, second = time_ordered_uuid(), time_ordered_uuid()
+    assert uuid.UUID(first).int >> 80 == 1_700_000_000_123
+    assert uuid.UUID(second).int >> 80 == 1_700_000_000_124
+    assert first < second
 
 
 def test_new_message_rejects_unknown_priority() -> None:

@@ -73,7 +73,7 @@ from kombu.transport import virtual
 from kombu.utils import json as kombu_json
 
 from uno_jobs.broker._embedded_table import MessageTable
-from uno_jobs.broker._envelope import ENCODER, Publishable, direct_route, envelope
+from uno_jobs.broker._envelope import Publishable, direct_route, envelope, envelope_text
 from uno_jobs.errors import ConfigurationError
 from uno_jobs.message import random_uuid
 
@@ -539,13 +539,14 @@ class Channel(_VirtualChannel):  # type: ignore[misc]
             sqlite3.OperationalError: The insert failed (nothing of the batch was stored).
         """
         routes: dict[tuple[str, str], list[str]] = {}
-        encode = ENCODER.encode
         rows: list[tuple[str, str]] = []
         for exchange, routing_key, message in messages:
             queues = routes.get((exchange, routing_key))
             if queues is None:
                 queues = routes[(exchange, routing_key)] = self._direct_route(exchange, routing_key)
-            text = encode(envelope(self, exchange, routing_key, message, delivery_mode))
+            text = envelope_text(
+                envelope(self, exchange, routing_key, message, delivery_mode), message
+            )
             for queue in queues:
                 rows.append((queue, text))
         if self._batch is not None:  # inside publish_batch(): stored with the rest of it

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from uno_jobs._sqlite_rows import insert_rows
+
 __all__ = ["MessageTable"]
 
 # The transport's logger: what this module logs belongs to the embedded broker.
@@ -61,7 +63,8 @@ _TAKE = f"""
     DELETE FROM broker_messages WHERE id IN ({_READY_IDS})
     RETURNING id, payload, deliveries + 1
 """
-_INSERT = "INSERT INTO broker_messages (queue, payload, enqueued_at) VALUES (?, ?, ?)"
+_INSERT_ROWS = "INSERT INTO broker_messages (queue, payload, enqueued_at)"
+_INSERT = f"{_INSERT_ROWS} VALUES (?, ?, ?)"
 _AVAILABLE = "queue = ? AND (lease_until IS NULL OR lease_until < ?)"
 _OWNED_IDS = "lease_owner = ? AND id IN (SELECT value FROM json_each(?))"
 
@@ -139,7 +142,7 @@ class MessageTable:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(_INSERT, [(queue, payload, now) for queue, payload in rows])
+                insert_rows(self._db, _INSERT_ROWS, [(q, p, now) for q, p in rows], 3)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

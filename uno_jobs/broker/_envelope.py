@@ -16,8 +16,11 @@ from typing import Any, Protocol
 
 from kombu.exceptions import ChannelError
 from kombu.utils import json as kombu_json
+from pydantic_core import PydanticSerializationError, to_json
 
-__all__ = ["ENCODER", "Publishable", "direct_route", "envelope"]
+from uno_jobs.message._plainjson import is_plain, plain_json
+
+__all__ = ["ENCODER", "Publishable", "direct_route", "envelope", "envelope_text"]
 
 #: kombu's JSON encoder with its own settings, made once (``kombu_json.dumps`` makes one
 #: per call), without the circular-reference check, which costs a quarter of an
@@ -69,6 +72,30 @@ def envelope(
             "delivery_tag": channel._next_delivery_tag(),
         },
     }
+
+
+def envelope_text(value: dict[str, Any], message: Publishable) -> str:
+    """The JSON text of ``value``, the envelope of ``message``, as kombu's ``loads`` reads
+    it back: compact through pydantic-core (``_plainjson``) where it is plain JSON (the
+    usual case), else in kombu's own JSON (a header of a type kombu writes with its
+    ``__type__`` marker, a non-finite float).
+
+    The headers of an ``Encoded`` that ``encode`` found plain (``plain_headers``) are not
+    checked again, nor the rest of the envelope: strings and numbers made here, beside
+    the message's properties, which are.
+    """
+    if (
+        getattr(message, "plain_headers", None) is message.headers
+        and type(message.content_type) is str
+        and type(message.content_encoding) is str
+        and is_plain(message.properties)
+    ):
+        try:
+            return to_json(value).decode()
+        except PydanticSerializationError:  # a lone surrogate in a string
+            pass
+    data = plain_json(value)
+    return ENCODER.encode(value) if data is None else data.decode()
 
 
 def direct_route(channel: Any, exchange: str, routing_key: str) -> list[str]:

@@ -50,7 +50,7 @@ import redis
 from kombu.exceptions import ChannelError
 from kombu.transport import redis as kombu_redis
 
-from uno_jobs.broker._envelope import ENCODER, direct_route, envelope
+from uno_jobs.broker._envelope import direct_route, envelope, envelope_text
 from uno_jobs.broker._publisher import CapturedCommands, UncapturableError
 from uno_jobs.message import Encoded, random_uuid
 
@@ -188,7 +188,6 @@ class PublishChannel(kombu_redis.Channel):
             UncapturableError: an exchange is not a direct one (a fanout's ``PUBLISH``).
         """
         routes: dict[str, list[str]] = {}
-        encode = ENCODER.encode
         batch = _Commands()
         for routing_key, enc in messages:
             queues = routes.get(routing_key)
@@ -198,7 +197,7 @@ class PublishChannel(kombu_redis.Channel):
                 except ChannelError as exc:
                     raise UncapturableError(f"Redis publish {exc}") from None
             message = envelope(self, routing_key, routing_key, enc)
-            text = encode(message)
+            text = envelope_text(message, enc)
             priority = self._get_message_priority(message, reverse=False)
             for queue in queues:
                 batch.add("lpush", self._q_for_pri(queue, priority), text)

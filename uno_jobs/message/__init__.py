@@ -31,6 +31,7 @@ from uno_jobs.message._model import (
     new_message,
     parse_priority,
     random_uuid,
+    time_ordered_uuid,
     timestamp_from_iso,
 )
 
@@ -49,5 +50,6 @@ __all__ = [
     "new_message",
     "parse_priority",
     "random_uuid",
+    "time_ordered_uuid",
     "timestamp_from_iso",
 ]

@@ -25,7 +25,7 @@ import base64
 import json
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from datetime import time as dtime
 from decimal import Decimal
@@ -39,6 +39,7 @@ from uno_jobs.message._model import (
     parse_iso,
     parse_priority,
 )
+from uno_jobs.message._plainjson import is_plain, plain_json
 
 __all__ = [
     "CONTENT_ENCODING",
@@ -89,6 +90,12 @@ class Encoded:
 
     ``properties`` go as keyword arguments beside the body (``correlation_id``,
     ``reply_to``), as Celery passes them.
+
+    ``plain_headers``: set by :func:`encode` to ``headers`` itself when it made them of
+    plain JSON values only (``_plainjson.is_plain``). The embedded and Redis channels
+    write an envelope's JSON without checking its headers again while ``headers`` is
+    still that very dict; a copy made with other headers (``dataclasses.replace``), or an
+    ``Encoded`` built another way, has its headers checked.
     """
 
     body: bytes
@@ -96,6 +103,7 @@ class Encoded:
     properties: dict[str, Any]
     content_type: str
     content_encoding: str
+    plain_headers: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
 
 # --- JSON with kombu's type markers ------------------------------------------------------
@@ -170,11 +178,13 @@ def encode(message: Message, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> E
         PayloadError: The arguments are not JSON-serialisable (the message says whether
             args, kwargs or the embed, and which item), or the body is over ``max_bytes``.
     """
-    try:
-        text = _ENCODER.encode([message.args, message.kwargs, message.embed])
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise PayloadError(_unserialisable(message, exc)) from exc
-    body = text.encode("utf-8")
+    parts = [message.args, message.kwargs, message.embed]
+    body = plain_json(parts)
+    if body is None:  # values kombu's JSON writes its own way, or none at all
+        try:
+            body = _ENCODER.encode(parts).encode("utf-8")
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise PayloadError(_unserialisable(message, exc)) from exc
     if len(body) > max_bytes:
         raise PayloadError(
             f"task {message.task!r} job {message.id}: the encoded message is "
@@ -206,13 +216,28 @@ def encode(message: Message, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> E
         headers["argsrepr"] = _short_repr(message.args, len(body))
     if "kwargsrepr" not in headers:
         headers["kwargsrepr"] = _short_repr(message.kwargs, len(body))
+    # The fields' own headers are plain by their types (``decode`` checks what it reads);
+    # of their floats only a non-finite one is not, and the headers kept as they came
+    # are checked.
+    plain = (
+        _finite(message.time_limit)
+        and _finite(message.soft_time_limit)
+        and _finite(message.enqueued_at)
+        and (not message.extra_headers or is_plain(message.extra_headers))
+    )
     return Encoded(
         body=body,
         headers=headers,
         properties={"correlation_id": message.id, "reply_to": ""},
         content_type=CONTENT_TYPE,
         content_encoding=CONTENT_ENCODING,
+        plain_headers=headers if plain else None,
     )
+
+
+def _finite(value: float | None) -> bool:
+    """Whether ``value`` is ``None`` or a finite number (NaN and the infinities give NaN)."""
+    return value is None or value - value == 0
 
 
 def _short_repr(value: list[Any] | dict[str, Any], body_size: int) -> str:

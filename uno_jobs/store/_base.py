@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import json
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, replace
 from dataclasses import fields as dataclass_fields
@@ -356,11 +357,33 @@ class JobStore(Protocol):
 RECORD_FIELDS: tuple[str, ...] = tuple(
     f.name for f in dataclass_fields(JobRecord) if f.name != "errors"
 )
+#: A record's field values in ``RECORD_FIELDS`` order, as a tuple (``status`` the enum).
+record_values: Callable[[JobRecord], tuple[Any, ...]] = operator.attrgetter(*RECORD_FIELDS)
 #: The key of ``JobUpdate.fields`` that appends to ``errors``.
 ATTEMPT_ERROR = "attempt_error"
 _DEFAULTS: dict[str, Any] = {
     f.name: f.default for f in dataclass_fields(JobRecord) if f.default is not MISSING
 }
+
+
+def new_record(
+    job_id: str, task: str, queue: str, priority: str, status: JobStatus, enqueued_at: float
+) -> JobRecord:
+    """``JobRecord(id=job_id, task=task, queue=queue, priority=priority, status=status,
+    enqueued_at=enqueued_at)``, the record an enqueue writes, for a fraction of the cost:
+    the frozen dataclass's ``__init__`` sets its 18 fields one ``object.__setattr__`` at a
+    time (1.6 µs a record, once per job enqueued); this fills the instance's dict in one
+    step from the defaults. The arguments are not checked: the caller built them."""
+    record = object.__new__(JobRecord)
+    fields = record.__dict__
+    fields.update(_DEFAULTS)
+    fields["id"] = job_id
+    fields["task"] = task
+    fields["queue"] = queue
+    fields["priority"] = priority
+    fields["status"] = status
+    fields["enqueued_at"] = enqueued_at
+    return record
 
 
 def _optional(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:

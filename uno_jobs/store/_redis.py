@@ -33,12 +33,14 @@ from redis.retry import Retry
 
 from uno_jobs.config import redact_url
 from uno_jobs.errors import DuplicateJobError, StoreUnavailableError
+from uno_jobs.message._plainjson import plain_json
 from uno_jobs.store._base import (
     ATTEMPT_ERROR,
     DEFAULT_RESULT_LIMIT_BYTES,
     DEFAULT_RETENTION_SECONDS,
     FINISHED,
     MAX_ATTEMPT_ERRORS,
+    RECORD_FIELDS,
     AttemptError,
     DeadLetter,
     JobRecord,
@@ -48,6 +50,7 @@ from uno_jobs.store._base import (
     first_repeated,
     record_columns,
     record_from_columns,
+    record_values,
     update_columns,
 )
 from uno_jobs.store._redis_script import ScriptRunner
@@ -294,7 +297,25 @@ def _texts(columns: dict[str, Any]) -> dict[str, str]:
 
 
 def _compact(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    data = plain_json(value)
+    if data is None:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return data.decode()
+
+
+def _record_texts(record: JobRecord, limit_bytes: int) -> tuple[dict[str, str], list[str]]:
+    """The texts of the record's hash (``_texts`` of its columns) and its errors' JSON."""
+    if record.result is None and not record.errors:  # a new job's: the usual case
+        texts = {
+            name: value if type(value) is str else _to_text(name, value)
+            for name, value in zip(RECORD_FIELDS, record_values(record), strict=True)
+            if value is not None
+        }
+        texts["status"] = record.status.value
+        return texts, []
+    columns = record_columns(record, limit_bytes)
+    errors = [_error_json(AttemptError.from_value(e)) for e in columns.pop("errors")]
+    return _texts(columns), errors
 
 
 def _items(columns: dict[str, Any]) -> list[str]:
@@ -455,10 +476,9 @@ class RedisStore:
         args: list[Any] = [str(len(records)), "refuse" if refuse else "skip"]
         keys: list[str] = []
         for record in records:
-            columns = record_columns(record, self.result_limit_bytes)
-            errors = [_error_json(AttemptError.from_value(e)) for e in columns.pop("errors")]
+            texts, errors = _record_texts(record, self.result_limit_bytes)
             expiry = self._expiry_ms() if record.status.value in _FINISHED_VALUES else ""
-            args += (expiry, _compact(_texts(columns)), _compact(errors) if errors else "[]")
+            args += (expiry, _compact(texts), _compact(errors) if errors else "[]")
             keys += (self._key(record.id), self._errors_key(record.id))
         for name, key, rest in commands:
             keys.append(key)

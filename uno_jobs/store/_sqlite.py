@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from uno_jobs._sqlite_rows import insert_rows
 from uno_jobs.errors import DuplicateJobError
 from uno_jobs.store._base import (
     ATTEMPT_ERROR,
@@ -40,6 +41,7 @@ from uno_jobs.store._base import (
     first_repeated,
     record_columns,
     record_from_columns,
+    record_values,
     update_columns,
 )
 
@@ -120,11 +122,13 @@ _SELECT_RECORD = f"SELECT {', '.join(RECORD_FIELDS)} FROM jobs"
 # Positional parameters (a row as a tuple in _ROW_COLUMNS order): binding by name costs
 # a third more per row of a batch.
 _ROW_COLUMNS = (*RECORD_FIELDS, "expires_at")
-_INSERT_RECORD = (
-    f"INSERT INTO jobs ({', '.join(_ROW_COLUMNS)}) VALUES ({', '.join('?' * len(_ROW_COLUMNS))})"
-)
-_INSERT_MISSING = _INSERT_RECORD.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
+# Without their VALUES, for insert_rows: many rows per statement.
+_INSERT_RECORDS = f"INSERT INTO jobs ({', '.join(_ROW_COLUMNS)})"
+_INSERT_MISSING_RECORDS = _INSERT_RECORDS.replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
+_INSERT_MISSING = f"{_INSERT_MISSING_RECORDS} VALUES ({', '.join('?' * len(_ROW_COLUMNS))})"
+_WIDTH = len(_ROW_COLUMNS)
 _ID, _ENQUEUED_AT = _ROW_COLUMNS.index("id"), _ROW_COLUMNS.index("enqueued_at")
+_STATUS, _TRUNCATED = _ROW_COLUMNS.index("status"), _ROW_COLUMNS.index("result_truncated")
 _SET_ENQUEUED_AT = "UPDATE jobs SET enqueued_at = ? WHERE id = ? AND enqueued_at IS NULL"
 _CLAIM_DUE = """
 UPDATE scheduled SET available_at = ?
@@ -392,7 +396,7 @@ class SQLiteStore:
         try:
             with self._transaction() as conn:
                 self._drop_expired(conn, ids, now)
-                conn.executemany(_INSERT_RECORD, rows)
+                insert_rows(conn, _INSERT_RECORDS, rows, _WIDTH)
                 self._delete_errors(conn, ids)
                 conn.executemany(_INSERT_ERROR, errors)
         except sqlite3.IntegrityError:
@@ -421,7 +425,7 @@ class SQLiteStore:
                 return
         with self._transaction() as conn:
             many = not errors and len(rows) > 1
-            if many and conn.executemany(_INSERT_MISSING, rows).rowcount == len(rows):
+            if many and insert_rows(conn, _INSERT_MISSING_RECORDS, rows, _WIDTH) == len(rows):
                 return
             self._drop_expired(conn, ids, now)
             # A record a worker made lacks the enqueue time: the one field filled in.
@@ -430,7 +434,7 @@ class SQLiteStore:
                 [(r[_ENQUEUED_AT], r[_ID]) for r in rows if r[_ENQUEUED_AT] is not None],
             )
             if not errors:  # new jobs, the usual case: nothing to tell apart
-                conn.executemany(_INSERT_MISSING, rows)
+                insert_rows(conn, _INSERT_MISSING_RECORDS, rows, _WIDTH)
                 return
             inserted = {row[_ID] for row in rows if conn.execute(_INSERT_MISSING, row).rowcount}
             conn.executemany(_INSERT_ERROR, [e for e in errors if e[0] in inserted])
@@ -443,6 +447,13 @@ class SQLiteStore:
         rows = []
         errors: list[tuple[Any, ...]] = []
         for record in records:
+            if record.result is None and not record.errors:  # a new job's: the usual case
+                values = list(record_values(record))
+                values[_STATUS] = record.status.value
+                values[_TRUNCATED] = bool(record.result_truncated)
+                values.append(self._expiry(values[_STATUS], now))
+                rows.append(tuple(values))
+                continue
             row = record_columns(record, self.result_limit_bytes)
             row["expires_at"] = self._expiry(row["status"], now)
             errors += [_error_row(record.id, AttemptError.from_value(e)) for e in row.pop("errors")]
