@@ -39,6 +39,7 @@ from uno_jobs.broker import (
     level_queue_name,
     level_queues,
 )
+from uno_jobs.broker._publisher import CapturedCommands
 from uno_jobs.config import redact_url, resolve_broker_url, resolve_store_url
 from uno_jobs.dead_letters import DeadLetters
 from uno_jobs.errors import (
@@ -66,6 +67,8 @@ __all__ = ["JobHandle", "JobSpec", "Queue"]
 #: A batch of at least this many jobs is prepared and sent with the cyclic garbage
 #: collector paused (see ``_collector_paused``).
 GC_PAUSE_BATCH = 100
+#: Jobs per script of a large Redis batch sent in pieces (``_publish_with_records``).
+REDIS_PIECE_JOBS = 250
 
 
 @contextmanager
@@ -488,12 +491,22 @@ class Queue:
         kind = self._broker.spec.kind
         create_and_push = getattr(store, "create_and_push", None)
         if kind == "redis" and create_and_push is not None and self._store_is_broker_db(store):
+            in_pieces = getattr(store, "create_and_push_pieces", None)
+            if (
+                len(outgoing) <= REDIS_PIECE_JOBS
+                or own_ids
+                or len({item.routing_key for item in outgoing}) > 1
+            ):
+                in_pieces = None
             try:
-                commands = self._broker.capture(outgoing)
+                first = self._broker.capture(outgoing[:REDIS_PIECE_JOBS] if in_pieces else outgoing)
             except UncapturableError:
                 return False
             try:
-                create_and_push(records, commands)
+                if in_pieces is None:
+                    create_and_push(records, first)
+                else:
+                    in_pieces(self._redis_pieces(records, outgoing, first))
             except PushRefusedError as exc:
                 raise BrokerUnavailableError(
                     self._broker.spec.display, f"Redis refused a publish: {exc}"
@@ -516,6 +529,17 @@ class Queue:
                 store.delete([record.id for record in records])
             raise
         return True
+
+    def _redis_pieces(
+        self, records: list[JobRecord], outgoing: list[Outgoing], first: CapturedCommands
+    ) -> Iterator[tuple[list[JobRecord], CapturedCommands]]:
+        """The records and publish commands of a Redis batch, ``REDIS_PIECE_JOBS`` jobs a
+        piece (``first``: the first piece's commands), each captured as the store asks
+        for it: while Redis runs the piece before."""
+        yield records[:REDIS_PIECE_JOBS], first
+        for start in range(REDIS_PIECE_JOBS, len(records), REDIS_PIECE_JOBS):
+            piece = slice(start, start + REDIS_PIECE_JOBS)
+            yield records[piece], self._broker.capture(outgoing[piece])
 
     def _store_is_broker_db(self, store: JobStore) -> bool:
         """Whether ``store`` is a Redis store on the broker's own database (asked once)."""

@@ -7,6 +7,7 @@ the queue takes its job records back.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import sqlite3
@@ -32,6 +33,7 @@ from uno_jobs.broker._topology import kombu_queue
 from uno_jobs.config import embedded_broker_path
 from uno_jobs.errors import BrokerUnavailableError, DuplicateJobError
 from uno_jobs.message import Encoded, decode, encode, new_message
+from uno_jobs.queue import REDIS_PIECE_JOBS
 from uno_jobs.store import JobRecord, JobStatus, open_store
 from uno_jobs.store._base import PushRefusedError
 
@@ -67,6 +69,11 @@ def redis_home() -> Iterator[RedisHome]:
         yield home
     finally:
         home.close()
+
+
+def decode_body(envelope: dict[str, Any]) -> bytes:
+    """The message body of a kombu envelope (base64, as kombu's Redis channel keeps it)."""
+    return base64.b64decode(envelope["body"])
 
 
 def _encoded(n: int, kombu_priority: int | None = None) -> Encoded:
@@ -231,6 +238,74 @@ def test_records_and_pushes_in_one_script_are_all_or_nothing(
         queue.enqueue_many_sync(specs)
         assert all(queue.store.get(job_id) is not None for job_id in ids)
         assert [e["headers"]["id"] for e in redis_home.items("q.low")] == [ids[-1]]
+    finally:
+        queue.close()
+
+
+def _count_pieces(queue: Queue, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The jobs of each piece of the batches the store writes in pieces, from now on."""
+    pieces: list[int] = []
+    store: Any = queue.store
+    in_pieces = store.create_and_push_pieces
+
+    def counted(given: Any) -> None:
+        def each() -> Iterator[Any]:
+            for records, commands in given:
+                pieces.append(len(records))
+                yield records, commands
+
+        in_pieces(each())
+
+    monkeypatch.setattr(store, "create_and_push_pieces", counted)
+    return pieces
+
+
+def test_a_large_redis_batch_goes_in_pieces_and_lands_whole_in_order(
+    redis_home: RedisHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pieces of REDIS_PIECE_JOBS jobs, each its own script, sent without waiting for the
+    # one before: Redis runs a piece while the next is captured.
+    queue = Queue("q", broker_url=redis_home.url, store_url=redis_home.store_url)
+    try:
+        pieces = _count_pieces(queue, monkeypatch)
+        count = 2 * REDIS_PIECE_JOBS + 7
+        handles = queue.enqueue_many_sync([JobSpec("contract.noop", [n]) for n in range(count)])
+        assert pieces == [REDIS_PIECE_JOBS, REDIS_PIECE_JOBS, 7]
+        landed = redis_home.items("q")
+        assert [e["headers"]["id"] for e in landed] == [h.id for h in handles]
+        assert [json.loads(decode_body(e))[0] for e in landed] == [[n] for n in range(count)]
+        records = [queue.store.get(h.id) for h in handles]
+        assert all(r is not None and r.status == JobStatus.QUEUED for r in records)
+        # Ids of the caller's (one may exist), or messages to more than one list: the
+        # batch goes as one script, all or nothing.
+        pieces.clear()
+        queue.enqueue_many_sync([JobSpec("contract.noop", job_id=f"own-{n}") for n in range(count)])
+        mixed = [JobSpec("contract.noop", [n]) for n in range(count)]
+        mixed[-1] = dataclasses.replace(mixed[-1], priority="low")
+        queue.enqueue_many_sync(mixed)
+        assert pieces == []
+        assert len(redis_home.items("q")) == 3 * count - 1
+        assert queue.store.get(f"own-{count - 1}") is not None
+    finally:
+        queue.close()
+
+
+def test_a_batch_in_pieces_to_a_list_of_another_type_writes_nothing(
+    redis_home: RedisHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every piece pushes to the same list, so every piece's type check refuses it.
+    queue = Queue("q", broker_url=redis_home.url, store_url=redis_home.store_url)
+    try:
+        queue.enqueue_sync("contract.noop")  # declared, bindings cached
+        redis_home.raw.set(redis_home.prefix + "q", "not a list")
+        pieces = _count_pieces(queue, monkeypatch)
+        specs = [JobSpec("contract.noop", [n]) for n in range(REDIS_PIECE_JOBS + 1)]
+        with pytest.raises(BrokerUnavailableError, match=r"refused a publish.*WRONGTYPE"):
+            queue.enqueue_many_sync(specs)
+        assert pieces == [REDIS_PIECE_JOBS, 1]
+        records = redis_home.raw.keys(f"{redis_home.prefix}store:job:*")
+        assert len(records) == 1  # the one enqueued before
+        assert redis_home.raw.get(redis_home.prefix + "q") == b"not a list"
     finally:
         queue.close()
 

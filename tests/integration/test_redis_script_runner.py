@@ -186,3 +186,40 @@ def test_a_forked_child_uses_its_own_connection_and_the_parents_goes_on(
     assert runner([key], ["parent-2"]) == [3, ["parent-2"]]
     assert runner._kept._sock is parent_socket  # type: ignore[union-attr]
     assert client.lrange(key, 0, -1) == ["parent-1", "child", "parent-2"]
+
+
+def test_a_pipeline_returns_each_calls_reply_in_order_an_error_as_its_exception(
+    client: redis.Redis[str], key: str, runner: ScriptRunner
+) -> None:
+    other = f"{key}-other"
+    client.set(other, "not a list")
+    try:
+        # The script is new to the server: every call meets NOSCRIPT (none ran) and is
+        # sent again, in order, once it is loaded.
+        replies = runner.pipeline([([key], ["a"]), ([other], ["x"]), ([key], ["b", "c"])])
+        assert replies[0] == [1, ["a"]] and replies[2] == [3, ["b", "c"]]
+        assert isinstance(replies[1], redis.ResponseError) and "WRONGTYPE" in str(replies[1])
+        # Loaded now: one round of sends, then the replies.
+        assert runner.pipeline([([key], ["d"]), ([key], ["e"])]) == [[4, ["d"]], [5, ["e"]]]
+        assert client.lrange(key, 0, -1) == ["a", "b", "c", "d", "e"]
+        assert runner.pipeline([]) == []
+    finally:
+        client.delete(other)
+
+
+def test_a_pipeline_whose_calls_fail_midway_reads_the_replies_already_due(
+    client: redis.Redis[str], key: str, runner: ScriptRunner
+) -> None:
+    runner([key], ["loaded"])
+
+    def calls() -> Iterator[tuple[list[str], list[str]]]:
+        yield [key], ["a"]
+        yield [key], ["b"]
+        raise RuntimeError("the caller's own failure")
+
+    with pytest.raises(RuntimeError, match="own failure"):
+        runner.pipeline(calls())
+    assert client.lrange(key, 0, -1) == ["loaded", "a", "b"]
+    kept = runner._kept
+    assert runner([key], ["c"]) == [4, ["c"]]  # the kept connection is still in step
+    assert runner._kept is kept

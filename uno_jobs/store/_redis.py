@@ -23,7 +23,7 @@ import functools
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -129,6 +129,7 @@ return 0
 """
 
 # The broker commands ``create_and_push`` runs after the records (see the script above).
+_Command = tuple[str, str, tuple[Any, ...]]
 _PUSH_COMMANDS = frozenset({"lpush", "pexpire"})
 
 # KEYS: per update, in order, the record's hash and its errors list. ARGV, per update: id,
@@ -303,6 +304,22 @@ def _compact(value: Any) -> str:
     return data.decode()
 
 
+def _push_commands(
+    commands: Sequence[tuple[str, str, tuple[Any, ...]]],
+) -> list[tuple[str, str, tuple[Any, ...]]]:
+    """``commands`` in lower case (the create script checks the type of an lpush's list
+    by that name), each checked to be a push.
+
+    Raises:
+        ValueError: a command other than ``LPUSH`` or ``PEXPIRE``.
+    """
+    lowered = [(name.lower(), key, rest) for name, key, rest in commands]
+    for name, _, _ in lowered:
+        if name not in _PUSH_COMMANDS:
+            raise ValueError(f"RedisStore.create_and_push: command {name!r} is not a push")
+    return lowered
+
+
 def _record_texts(record: JobRecord, limit_bytes: int) -> tuple[dict[str, str], list[str]]:
     """The texts of the record's hash (``_texts`` of its columns) and its errors' JSON."""
     if record.result is None and not record.errors:  # a new job's: the usual case
@@ -448,12 +465,39 @@ class RedisStore:
                 written and nothing is pushed.
             ValueError: a command other than ``LPUSH`` or ``PEXPIRE``.
         """
-        # Lower case: the script checks the type of an lpush's list by that name.
-        commands = [(name.lower(), key, rest) for name, key, rest in commands]
-        for name, _, _ in commands:
-            if name not in _PUSH_COMMANDS:
-                raise ValueError(f"RedisStore.create_and_push: command {name!r} is not a push")
-        self._run_create(records, refuse=True, commands=commands)
+        self._run_create(records, refuse=True, commands=_push_commands(commands))
+
+    def create_and_push_pieces(
+        self,
+        pieces: Iterable[tuple[Sequence[JobRecord], Sequence[tuple[str, str, tuple[Any, ...]]]]],
+    ) -> None:
+        """``create_and_push`` of a batch in pieces, each piece its own atomic script, sent
+        without waiting for the reply to the one before (``ScriptRunner.pipeline``): Redis
+        runs a piece while ``pieces``, a generator, makes the next (a bulk enqueue's
+        capture of the next messages).
+
+        Not atomic as a whole: for jobs whose ids were made fresh (none can exist) and
+        whose messages all go to the same lists, so that the type check of the first
+        piece's lists holds for every piece. A piece refused after all (a list changed
+        type in between) leaves the pieces before it written and pushed.
+
+        Raises:
+            DuplicateJobError: The first id that exists, of the first piece refused.
+            PushRefusedError: A list of the first piece refused is another type of key.
+            ValueError: a command other than ``LPUSH`` or ``PEXPIRE``.
+        """
+        sent: list[list[str]] = []
+
+        def calls() -> Iterator[tuple[list[str], list[Any]]]:
+            for records, commands in pieces:
+                call = self._create_call(records, True, _push_commands(commands))
+                sent.append([record.id for record in records])
+                yield call
+
+        for reply, ids in zip(self._create.pipeline(calls()), sent, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            self._check_created(reply, ids)
 
     def same_database(self, url: str) -> bool:
         """Whether the Redis URL ``url`` (a broker's) names this store's server and
@@ -469,8 +513,21 @@ class RedisStore:
     ) -> None:
         if not records and not commands:
             return
-        ids = [record.id for record in records]
-        repeated = first_repeated(ids)
+        keys, args = self._create_call(records, refuse, commands)
+        self._check_created(self._create(keys=keys, args=args), [r.id for r in records])
+
+    def _create_call(
+        self,
+        records: Sequence[JobRecord],
+        refuse: bool,
+        commands: Sequence[tuple[str, str, tuple[Any, ...]]],
+    ) -> tuple[list[str], list[Any]]:
+        """The create script's keys and arguments.
+
+        Raises:
+            DuplicateJobError: an id repeats among ``records``.
+        """
+        repeated = first_repeated([record.id for record in records])
         if repeated is not None:
             raise DuplicateJobError(repeated)
         args: list[Any] = [str(len(records)), "refuse" if refuse else "skip"]
@@ -483,7 +540,10 @@ class RedisStore:
         for name, key, rest in commands:
             keys.append(key)
             args += (name, len(rest), *rest)
-        reply = self._create(keys=keys, args=args)
+        return keys, args
+
+    @staticmethod
+    def _check_created(reply: Any, ids: Sequence[str]) -> None:
         if isinstance(reply, list):
             raise PushRefusedError(reply[0], reply[1])
         if int(reply):

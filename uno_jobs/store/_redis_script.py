@@ -17,11 +17,12 @@ Nothing is retried: a call whose reply was lost may have run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import redis
 from redis.connection import ConnectionPool
@@ -30,6 +31,7 @@ from redis.exceptions import NoScriptError
 __all__ = ["ScriptRunner", "pack_command"]
 
 Arg = str | bytes | int | float
+_T = TypeVar("_T")
 # redis-py's connection methods are untyped: its connections are held as Any.
 Connection = Any
 
@@ -73,16 +75,70 @@ class ScriptRunner:
 
     def __call__(self, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         command = pack_command(b"EVALSHA", self._sha, len(keys), *keys, *args)
+        connection, release = self._checkout()
+        try:
+            return self._guarded(connection, lambda: self._reply_to(connection, command))
+        finally:
+            release()
+
+    def pipeline(self, calls: Iterable[tuple[Sequence[str], Sequence[Arg]]]) -> list[Any]:
+        """Run the script once per ``(keys, args)`` of ``calls``, each sent as soon as
+        ``calls`` yields it, without waiting for a reply first: Redis runs one call
+        while the caller makes the next (``calls`` may be a generator doing that work).
+        Returns the replies in order, an error reply as its exception (not raised).
+
+        A call that found the script missing (nothing of it ran) is sent again once the
+        script is loaded. If ``calls`` raises, the replies of the calls already sent are
+        read first (they may have run), then its error goes on.
+        """
+        connection, release = self._checkout()
+        try:
+            return self._pipeline(connection, iter(calls))
+        finally:
+            release()
+
+    def _pipeline(
+        self, connection: Connection, calls: Iterator[tuple[Sequence[str], Sequence[Arg]]]
+    ) -> list[Any]:
+        sent: list[bytes] = []
+
+        def replies() -> list[Any]:
+            return [self._reply(connection) for _ in sent]
+
+        while True:
+            try:
+                keys, args = next(calls)
+            except StopIteration:
+                break
+            except BaseException:
+                self._guarded(connection, replies)  # the connection stays in step
+                raise
+            command = pack_command(b"EVALSHA", self._sha, len(keys), *keys, *args)
+            self._guarded(connection, functools.partial(self._post, connection, command))
+            sent.append(command)
+        got = self._guarded(connection, replies)
+        for n, reply in enumerate(got):
+            if isinstance(reply, NoScriptError):
+                got[n] = self._guarded(
+                    connection, functools.partial(self._reply, connection, sent[n])
+                )
+        return got
+
+    @staticmethod
+    def _post(connection: Connection, command: bytes) -> None:
+        connection.send_packed_command([command], check_health=False)
+
+    def _checkout(self) -> tuple[Connection, Callable[[], None]]:
+        """The kept connection if no other caller has it, else one of the pool's; and how
+        to give it back."""
         if self._lock.acquire(blocking=False):
             try:
-                return self._run(self._kept_connection(), command)
-            finally:
+                return self._kept_connection(), self._lock.release
+            except BaseException:
                 self._lock.release()
+                raise
         connection = self._pool.get_connection()
-        try:
-            return self._run(connection, command)
-        finally:
-            self._pool.release(connection)
+        return connection, lambda: self._pool.release(connection)
 
     def close(self) -> None:
         """Hand the kept connection back to the pool (closing the pool closes it)."""
@@ -110,13 +166,19 @@ class ScriptRunner:
             kept.connect()
         return kept
 
-    def _run(self, connection: Connection, command: bytes) -> Any:
+    def _reply_to(self, connection: Connection, command: bytes) -> Any:
         try:
-            try:
-                return self._send(connection, command)
-            except NoScriptError:  # nothing ran: load the script and send it again
-                self._send(connection, pack_command(b"SCRIPT", b"LOAD", self._source))
-                return self._send(connection, command)
+            return self._send(connection, command)
+        except NoScriptError:  # nothing ran: load the script and send it again
+            self._send(connection, pack_command(b"SCRIPT", b"LOAD", self._source))
+            return self._send(connection, command)
+
+    @staticmethod
+    def _guarded(connection: Connection, step: Callable[[], _T]) -> _T:
+        """``step()``, a step of talking to Redis on ``connection``: one that failed
+        half-way leaves the connection out of step with its replies, and closed."""
+        try:
+            return step()
         except redis.ResponseError:
             raise  # a whole reply was read: the connection is fine
         except OSError as exc:  # a socket error redis-py let through
@@ -126,7 +188,17 @@ class ScriptRunner:
             connection.disconnect()
             raise
 
-    @staticmethod
-    def _send(connection: Connection, command: bytes) -> Any:
-        connection.send_packed_command([command], check_health=False)
+    def _reply(self, connection: Connection, command: bytes | None = None) -> Any:
+        """The next reply (of ``command``, sent alone first, the script loaded, if given);
+        an error reply as its exception."""
+        try:
+            if command is None:
+                return connection.read_response()
+            return self._reply_to(connection, command)
+        except redis.ResponseError as exc:
+            return exc
+
+    @classmethod
+    def _send(cls, connection: Connection, command: bytes) -> Any:
+        cls._post(connection, command)
         return connection.read_response()
