@@ -128,7 +128,8 @@ end
 return 0
 """
 
-# The broker commands ``create_and_push`` runs after the records (see the script above).
+# The broker commands ``create_and_push`` runs after the records (see the script above):
+# (name, key, arguments).
 _Command = tuple[str, str, tuple[Any, ...]]
 _PUSH_COMMANDS = frozenset({"lpush", "pexpire"})
 
@@ -304,9 +305,7 @@ def _compact(value: Any) -> str:
     return data.decode()
 
 
-def _push_commands(
-    commands: Sequence[tuple[str, str, tuple[Any, ...]]],
-) -> list[tuple[str, str, tuple[Any, ...]]]:
+def _push_commands(commands: Sequence[_Command]) -> list[_Command]:
     """``commands`` in lower case (the create script checks the type of an lpush's list
     by that name), each checked to be a push.
 
@@ -469,7 +468,7 @@ class RedisStore:
 
     def create_and_push_pieces(
         self,
-        pieces: Iterable[tuple[Sequence[JobRecord], Sequence[tuple[str, str, tuple[Any, ...]]]]],
+        pieces: Iterable[tuple[Sequence[JobRecord], Sequence[_Command]]],
     ) -> None:
         """``create_and_push`` of a batch in pieces, each piece its own atomic script, sent
         without waiting for the reply to the one before (``ScriptRunner.pipeline``): Redis
