@@ -516,15 +516,21 @@ def test_new_message_takes_any_sequence_and_mapping_and_copies_them() -> None:
     assert message.args is not listed and message.kwargs is not mapped
 
 
-def test_random_uuid_is_a_version_4_uuid_in_its_usual_text_form() -> None:
-    drawn = [random_uuid() for _ in range(2000)]
+def _check_uuid_texts(drawn: list[str], version: int) -> None:
+    """Distinct UUIDs of ``version``, RFC 4122's variant, in their usual text form, whose
+    variant digit takes all four of its values (its two low bits are random)."""
     assert len(set(drawn)) == len(drawn)
     for text in drawn:
         parsed = uuid.UUID(text)
-        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert parsed.version == version and parsed.variant == uuid.RFC_4122
         assert str(parsed) == text
-    # Every random position varies: the variant digit takes all four of its values.
     assert {text[19] for text in drawn} == set("89ab")
+
+
+def test_random_uuid_is_a_version_4_uuid_in_its_usual_text_form() -> None:
+    drawn = [random_uuid() for _ in range(2000)]
+    _check_uuid_texts(drawn, 4)
+    # Every random position varies.
     assert len({text[0] for text in drawn}) == 16
 
 
@@ -532,14 +538,8 @@ def test_time_ordered_uuid_is_a_version_7_uuid_of_the_time_in_milliseconds(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     drawn = [time_ordered_uuid() for _ in range(2000)]
-    assert len(set(drawn)) == len(drawn)
-    for text in drawn:
-        parsed = uuid.UUID(text)
-        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
-        assert str(parsed) == text
-    # The random positions vary: the variant digit takes all four of its values, and the
-    # digits after the version one all sixteen.
-    assert {text[19] for text in drawn} == set("89ab")
+    _check_uuid_texts(drawn, 7)
+    # The random positions vary: the digits after the version one take all sixteen values.
     assert len({text[15] for text in drawn}) == 16
     assert len({text[-1] for text in drawn}) == 16
     # The first 48 bits are the Unix time in milliseconds: ids of later times sort after.

@@ -18,7 +18,7 @@ from kombu.exceptions import ChannelError
 from kombu.utils import json as kombu_json
 from pydantic_core import PydanticSerializationError, to_json
 
-from uno_jobs.message._plainjson import is_plain, plain_json
+from uno_jobs.message._plainjson import is_plain
 
 __all__ = ["ENCODER", "Publishable", "direct_route", "envelope", "envelope_text"]
 
@@ -84,18 +84,18 @@ def envelope_text(value: dict[str, Any], message: Publishable) -> str:
     checked again, nor the rest of the envelope: strings and numbers made here, beside
     the message's properties, which are.
     """
-    if (
+    known_plain = (
         getattr(message, "plain_headers", None) is message.headers
         and type(message.content_type) is str
         and type(message.content_encoding) is str
         and is_plain(message.properties)
-    ):
+    )
+    if known_plain or is_plain(value):
         try:
             return to_json(value).decode()
         except PydanticSerializationError:  # a lone surrogate in a string
             pass
-    data = plain_json(value)
-    return ENCODER.encode(value) if data is None else data.decode()
+    return ENCODER.encode(value)
 
 
 def direct_route(channel: Any, exchange: str, routing_key: str) -> list[str]:

@@ -219,11 +219,8 @@ def encode(message: Message, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> E
     # The fields' own headers are plain by their types (``decode`` checks what it reads);
     # of their floats only a non-finite one is not, and the headers kept as they came
     # are checked.
-    plain = (
-        _finite(message.time_limit)
-        and _finite(message.soft_time_limit)
-        and _finite(message.enqueued_at)
-        and (not message.extra_headers or is_plain(message.extra_headers))
+    plain = is_plain((message.time_limit, message.soft_time_limit, message.enqueued_at)) and (
+        not message.extra_headers or is_plain(message.extra_headers)
     )
     return Encoded(
         body=body,
@@ -233,11 +230,6 @@ def encode(message: Message, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> E
         content_encoding=CONTENT_ENCODING,
         plain_headers=headers if plain else None,
     )
-
-
-def _finite(value: float | None) -> bool:
-    """Whether ``value`` is ``None`` or a finite number (NaN and the infinities give NaN)."""
-    return value is None or value - value == 0
 
 
 def _short_repr(value: list[Any] | dict[str, Any], body_size: int) -> str:

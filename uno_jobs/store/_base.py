@@ -357,8 +357,9 @@ class JobStore(Protocol):
 RECORD_FIELDS: tuple[str, ...] = tuple(
     f.name for f in dataclass_fields(JobRecord) if f.name != "errors"
 )
-#: A record's field values in ``RECORD_FIELDS`` order, as a tuple (``status`` the enum).
-record_values: Callable[[JobRecord], tuple[Any, ...]] = operator.attrgetter(*RECORD_FIELDS)
+_record_values: Callable[[JobRecord], tuple[Any, ...]] = operator.attrgetter(*RECORD_FIELDS)
+_STATUS_AT = RECORD_FIELDS.index("status")
+_TRUNCATED_AT = RECORD_FIELDS.index("result_truncated")
 #: The key of ``JobUpdate.fields`` that appends to ``errors``.
 ATTEMPT_ERROR = "attempt_error"
 _DEFAULTS: dict[str, Any] = {
@@ -438,6 +439,19 @@ def encode_result(value: Any, limit_bytes: int) -> tuple[str | None, bool]:
 def decode_result(text: str | None) -> Any:
     """The inverse of ``encode_result``."""
     return None if text is None else json.loads(text)
+
+
+def plain_record_values(record: JobRecord) -> list[Any] | None:
+    """A record's stored form as values in ``RECORD_FIELDS`` order, when it has no result
+    and no errors to encode (a new job's, the usual case on enqueue): what
+    ``record_columns`` gives for it, read off the record at once without the dict.
+    ``None`` for any other record (``record_columns`` then)."""
+    if record.result is not None or record.errors:
+        return None
+    values = list(_record_values(record))
+    values[_STATUS_AT] = record.status.value
+    values[_TRUNCATED_AT] = bool(record.result_truncated)
+    return values
 
 
 def record_columns(record: JobRecord, limit_bytes: int) -> dict[str, Any]:

@@ -48,9 +48,9 @@ from uno_jobs.store._base import (
     PushRefusedError,
     ScheduledJob,
     first_repeated,
+    plain_record_values,
     record_columns,
     record_from_columns,
-    record_values,
     update_columns,
 )
 from uno_jobs.store._redis_script import ScriptRunner
@@ -321,13 +321,13 @@ def _push_commands(commands: Sequence[_Command]) -> list[_Command]:
 
 def _record_texts(record: JobRecord, limit_bytes: int) -> tuple[dict[str, str], list[str]]:
     """The texts of the record's hash (``_texts`` of its columns) and its errors' JSON."""
-    if record.result is None and not record.errors:  # a new job's: the usual case
+    values = plain_record_values(record)
+    if values is not None:
         texts = {
             name: value if type(value) is str else _to_text(name, value)
-            for name, value in zip(RECORD_FIELDS, record_values(record), strict=True)
+            for name, value in zip(RECORD_FIELDS, values, strict=True)
             if value is not None
         }
-        texts["status"] = record.status.value
         return texts, []
     columns = record_columns(record, limit_bytes)
     errors = [_error_json(AttemptError.from_value(e)) for e in columns.pop("errors")]
@@ -519,7 +519,7 @@ class RedisStore:
         self,
         records: Sequence[JobRecord],
         refuse: bool,
-        commands: Sequence[tuple[str, str, tuple[Any, ...]]],
+        commands: Sequence[_Command],
     ) -> tuple[list[str], list[Any]]:
         """The create script's keys and arguments.
 

@@ -39,9 +39,9 @@ from uno_jobs.store._base import (
     JobUpdate,
     ScheduledJob,
     first_repeated,
+    plain_record_values,
     record_columns,
     record_from_columns,
-    record_values,
     update_columns,
 )
 
@@ -128,7 +128,7 @@ _INSERT_MISSING_RECORDS = _INSERT_RECORDS.replace("INSERT INTO", "INSERT OR IGNO
 _INSERT_MISSING = f"{_INSERT_MISSING_RECORDS} VALUES ({', '.join('?' * len(_ROW_COLUMNS))})"
 _WIDTH = len(_ROW_COLUMNS)
 _ID, _ENQUEUED_AT = _ROW_COLUMNS.index("id"), _ROW_COLUMNS.index("enqueued_at")
-_STATUS, _TRUNCATED = _ROW_COLUMNS.index("status"), _ROW_COLUMNS.index("result_truncated")
+_STATUS = _ROW_COLUMNS.index("status")
 _SET_ENQUEUED_AT = "UPDATE jobs SET enqueued_at = ? WHERE id = ? AND enqueued_at IS NULL"
 _CLAIM_DUE = """
 UPDATE scheduled SET available_at = ?
@@ -447,10 +447,8 @@ class SQLiteStore:
         rows = []
         errors: list[tuple[Any, ...]] = []
         for record in records:
-            if record.result is None and not record.errors:  # a new job's: the usual case
-                values = list(record_values(record))
-                values[_STATUS] = record.status.value
-                values[_TRUNCATED] = bool(record.result_truncated)
+            values = plain_record_values(record)
+            if values is not None:
                 values.append(self._expiry(values[_STATUS], now))
                 rows.append(tuple(values))
                 continue
