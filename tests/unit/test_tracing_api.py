@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from uno_jobs import tracing
+from uno_jobs import _otel_tracing, tracing
 
 _exporter = InMemorySpanExporter()
 _provider = TracerProvider()
@@ -22,7 +22,7 @@ _provider.add_span_processor(SimpleSpanProcessor(_exporter))
 @pytest.fixture
 def spans(monkeypatch: pytest.MonkeyPatch) -> Iterator[InMemorySpanExporter]:
     # The global provider can be set once per process; the module looks it up per call.
-    monkeypatch.setattr(tracing, "_tracer", lambda: _provider.get_tracer("uno_jobs"))
+    monkeypatch.setattr(_otel_tracing, "_tracer", lambda: _provider.get_tracer("uno_jobs"))
     _exporter.clear()
     yield _exporter
     _exporter.clear()
@@ -124,9 +124,9 @@ def test_malformed_trace_headers_start_a_new_trace(spans: InMemorySpanExporter) 
 
 
 def test_tracer_is_cached_per_provider(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tracing, "_cached", None)
-    first = tracing._tracer()
-    assert tracing._tracer() is first
+    monkeypatch.setattr(_otel_tracing, "_cached", None)
+    first = _otel_tracing._tracer()
+    assert _otel_tracing._tracer() is first
 
 
 def test_trace_headers_are_read_as_the_api_default_getter_reads_them() -> None:

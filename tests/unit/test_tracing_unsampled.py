@@ -147,15 +147,15 @@ def test_a_traceparent_the_propagator_rejects_is_not_read_on_the_fast_path(
     context carries more, so the full path reads it."""
     from opentelemetry import propagate
 
-    from uno_jobs import tracing
+    from uno_jobs import _otel_tracing
 
-    monkeypatch.setattr(tracing, "_default_textmap", propagate.get_global_textmap())
+    monkeypatch.setattr(_otel_tracing, "_default_textmap", propagate.get_global_textmap())
     good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
     for value in (good, good[:-1] + "1"):  # the control: well-formed parents are read
-        plain = tracing._plain_traceparent({"traceparent": value})
+        plain = _otel_tracing._plain_traceparent({"traceparent": value})
         assert plain == (0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, int(value[-2:]))
-    assert tracing._plain_traceparent({"traceparent": good, "tracestate": "k=v"}) is None
-    assert tracing._plain_traceparent({"traceparent": good, "baggage": "k=v"}) is None
+    assert _otel_tracing._plain_traceparent({"traceparent": good, "tracestate": "k=v"}) is None
+    assert _otel_tracing._plain_traceparent({"traceparent": good, "baggage": "k=v"}) is None
     for value in (
         "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-00",
         "00-00000000000000000000000000000000-00f067aa0ba902b7-00",
@@ -164,9 +164,9 @@ def test_a_traceparent_the_propagator_rejects_is_not_read_on_the_fast_path(
         " 00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-00",
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
     ):
-        assert tracing._plain_traceparent({"traceparent": value}) is None, value
-    assert tracing._plain_traceparent({}) is None
-    assert tracing._plain_traceparent({"traceparent": b"00-..."}) is None
+        assert _otel_tracing._plain_traceparent({"traceparent": value}) is None, value
+    assert _otel_tracing._plain_traceparent({}) is None
+    assert _otel_tracing._plain_traceparent({"traceparent": b"00-..."}) is None
     # Another propagator installed since: the fast path steps aside.
-    monkeypatch.setattr(tracing, "_default_textmap", object())
-    assert tracing._plain_traceparent({"traceparent": good}) is None
+    monkeypatch.setattr(_otel_tracing, "_default_textmap", object())
+    assert _otel_tracing._plain_traceparent({"traceparent": good}) is None
