@@ -23,6 +23,7 @@ from amqp.exceptions import UnexpectedFrame
 from amqp.method_framing import frame_handler, frame_writer
 from amqp.serialization import dumps
 
+from uno_jobs.broker import _amqp_frames
 from uno_jobs.broker._amqp_frames import FrameReader, publish_frames
 from uno_jobs.message import encode, new_message
 
@@ -103,6 +104,21 @@ def test_every_value_type_py_amqp_writes_natively() -> None:
     }
     properties = {"correlation_id": "abc", "reply_to": "", "message_id": "m1", "timestamp": 5}
     same(7, "", "rk", b"body", headers, properties, 131072)
+
+
+def test_header_fields_met_again_are_written_as_the_first_time() -> None:
+    """The cache of whole header fields (``_FIELDS``): a field seen before, a bool where
+    an equal integer was cached (True == 1, False == 0) and the other way round, and a
+    field met again after the cache was emptied are all written as py-amqp writes them."""
+    _amqp_frames._FIELDS.clear()
+    first = {"n": 1, "flag": True, "zero": 0, "off": False, "s": "x", "none": None}
+    again = {"flag": 1, "n": True, "off": 0, "zero": False, "s": "x", "none": None}
+    for headers in (first, again, first, again):
+        same(1, "q", "q", b"{}", headers, {}, 131072)
+    for n in range(_amqp_frames._FIELDS_MAX + 1):  # fills it, and empties it once
+        same(1, "q", "q", b"{}", {"id": f"job-{n}"}, {}, 131072)
+    assert len(_amqp_frames._FIELDS) <= _amqp_frames._FIELDS_MAX
+    same(1, "q", "q", b"{}", first, {}, 131072)
 
 
 def test_no_headers_and_an_empty_body() -> None:

@@ -87,6 +87,15 @@ _NAMES: dict[str, bytes] = {}
 _NAMES_MAX = 512
 
 
+# A header's whole field (name, type octet, value) for the strings, integers and nulls
+# seen: a batch's messages repeat most of theirs (task, origin, eta None, retries 0, ...),
+# and the encoding of a string costs more than the look-up. Only values of exactly these
+# types are looked up, so no two of them compare equal across types (a bool, equal to
+# 1 or 0, is written each time). Emptied when full: unique values (ids) pass through.
+_FIELDS: dict[tuple[Any, Any], bytes] = {}
+_FIELDS_MAX = 1024
+
+
 class _Unencodable(Exception):
     """A value ``publish_frames`` has no exact encoding for (the caller falls back)."""
 
@@ -141,8 +150,21 @@ def _item(value: Any, out: list[bytes]) -> None:
 def _table(table: Mapping[Any, Any]) -> bytes:
     out: list[bytes] = []
     for key, value in table.items():
-        out.append(_name(key))
-        _item(value, out)
+        kind = type(value)
+        if kind is str or value is None or kind is int:
+            pair = (key, value)
+            field = _FIELDS.get(pair)
+            if field is None:
+                parts = [_name(key)]
+                _item(value, parts)
+                field = b"".join(parts)
+                if len(_FIELDS) >= _FIELDS_MAX:
+                    _FIELDS.clear()
+                _FIELDS[pair] = field
+            out.append(field)
+        else:
+            out.append(_name(key))
+            _item(value, out)
     data = b"".join(out)
     return _U32.pack(len(data)) + data
 
