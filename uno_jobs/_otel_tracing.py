@@ -307,15 +307,7 @@ def current_carrier() -> dict[str, str]:
 
 
 def configure_sdk(service_name: str | None = None) -> bool:
-    """Install the OpenTelemetry SDK with an OTLP/HTTP exporter, from the ``OTEL_*`` variables.
-
-    Does nothing (returns ``False``) unless the variables ask for OTLP traces (see
-    ``uno_jobs.config.otlp_traces_configured``: an endpoint is set, the SDK is not
-    disabled), or when the SDK or the exporter is not installed (``pip install
-    'uno-jobs[otel]'``; a warning says so). The exporter reads its endpoint, headers and
-    timeouts from the standard variables itself; sampling follows ``OTEL_TRACES_SAMPLER``
-    and ``OTEL_TRACES_SAMPLER_ARG``; ``OTEL_SERVICE_NAME`` wins over ``service_name``.
-    """
+    """The work of ``uno_jobs.tracing.configure_sdk`` (what it does: there)."""
     global _sdk_configured, _parent_decides, _default_textmap
     if not otlp_traces_configured():
         return False
@@ -351,11 +343,7 @@ def configure_sdk(service_name: str | None = None) -> bool:
 
 
 def shutdown_sdk() -> None:
-    """Export what is buffered and stop the SDK installed by :func:`configure_sdk`.
-
-    For processes that end without running ``atexit`` handlers (process-pool children
-    exit through ``os._exit``); a no-op when :func:`configure_sdk` installed nothing.
-    """
+    """The work of ``uno_jobs.tracing.shutdown_sdk`` (what it does: there)."""
     global _sdk_configured, _parent_decides, _default_textmap
     if not _sdk_configured:
         return
