@@ -29,8 +29,6 @@ from opentelemetry.trace import (
     TraceState,
 )
 
-from uno_jobs.config import otlp_traces_configured
-
 log = logging.getLogger("uno_jobs.tracing")
 
 _TRACER_NAME = "uno_jobs"
@@ -287,11 +285,9 @@ def _unsampled_child(trace_id: int, trace_state: TraceState) -> Span | None:
 
 
 @contextlib.contextmanager
-def use_context(carrier: dict[str, str] | None) -> Iterator[None]:
-    """Make the context in ``carrier`` current (used where a task runs: threads, children)."""
-    if not carrier:
-        yield
-        return
+def use_context(carrier: dict[str, str]) -> Iterator[None]:
+    """Make the context in ``carrier`` current (``uno_jobs.tracing.use_context``, which
+    handles an empty one without loading this module)."""
     token = otel_context.attach(propagate.extract(carrier))
     try:
         yield
@@ -307,10 +303,9 @@ def current_carrier() -> dict[str, str]:
 
 
 def configure_sdk(service_name: str | None = None) -> bool:
-    """The work of ``uno_jobs.tracing.configure_sdk`` (what it does: there)."""
+    """The work of ``uno_jobs.tracing.configure_sdk`` (what it does: there), once it has
+    found that the variables ask for OTLP traces."""
     global _sdk_configured, _parent_decides, _default_textmap
-    if not otlp_traces_configured():
-        return False
     try:
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
